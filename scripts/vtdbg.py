@@ -1,0 +1,24 @@
+"""The file WinDbg's ``!py vtdbg <command>`` runs (pykd-ext finds it through its script
+search: the debugger folder, the current folder, then PATH).
+
+It removes its own folder from sys.path first, so this file cannot shadow the installed
+``vtdbg`` package, then forwards argv to the same entry point as the console script.
+"""
+import os
+import sys
+
+
+def _main() -> int:
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    sys.modules.pop("vtdbg", None)  # this file may have been imported under the name vtdbg
+    from vtdbg.frontends.cli import main
+
+    return main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    code = _main()
+    if code:
+        # inside WinDbg a SystemExit is printed as an error; only raise it for failures
+        sys.exit(code)

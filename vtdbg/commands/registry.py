@@ -1,0 +1,97 @@
+"""The command registry: one decorator per command, its argparse parser is its help.
+
+A command is a function ``run(ctx, args) -> Result``.  The registry knows which target
+capabilities it needs, so a dump is refused a `trace` with a clear message before
+anything is touched.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from vtdbg.commands.result import Result
+from vtdbg.lib.errors import UsageError
+from vtdbg.target.base import Capability, Target
+
+
+@dataclass
+class Context:
+    """What a running command may use: options and a lazily opened target."""
+
+    json: bool = False
+    debug: bool = False
+    cpu: Optional[str] = None
+    target_uri: Optional[str] = None
+    opener: Optional[Callable[[str], Target]] = None
+    _target: Optional[Target] = None
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def target(self) -> Target:
+        """The target named by --target/--image (opened on first use)."""
+        if self._target is None:
+            if not self.target_uri:
+                raise UsageError("this command needs a target: give --target URI or --image FILE")
+            if self.opener is None:
+                from vtdbg.target.open import open_target
+
+                self.opener = open_target
+            self._target = self.opener(self.target_uri)
+        return self._target
+
+    def has_target(self) -> bool:
+        """True when a target was named or already open."""
+        return self._target is not None or bool(self.target_uri)
+
+    def close(self) -> None:
+        """Close the target if this context opened it."""
+        if self._target is not None:
+            self._target.close()
+            self._target = None
+
+
+Runner = Callable[[Context, argparse.Namespace], Result]
+Configurer = Callable[[argparse.ArgumentParser], None]
+
+
+@dataclass
+class Command:
+    """One registered command."""
+
+    name: str
+    help: str
+    examples: Tuple[str, ...]
+    configure: Configurer
+    run: Runner
+    needs: Capability = Capability.NONE
+    aliases: Tuple[str, ...] = ()
+    description: str = ""
+
+
+COMMANDS: Dict[str, Command] = {}
+
+
+def command(name: str, help: str, examples: Sequence[str], needs: Capability = Capability.NONE,
+            aliases: Sequence[str] = (), description: str = "") -> Callable[[Runner], Runner]:
+    """Register ``run`` as command ``name``.  Add arguments with :func:`arguments`."""
+    def wrap(run: Runner) -> Runner:
+        configure: Configurer = getattr(run, "_vtdbg_configure", lambda parser: None)
+        COMMANDS[name] = Command(name, help, tuple(examples), configure, run, needs, tuple(aliases), description)
+        return run
+    return wrap
+
+
+def arguments(configure: Configurer) -> Callable[[Runner], Runner]:
+    """Attach an argparse configurer to a command function (place below @command)."""
+    def wrap(run: Runner) -> Runner:
+        run._vtdbg_configure = configure  # type: ignore[attr-defined]
+        return run
+    return wrap
+
+
+def load_all() -> Dict[str, Command]:
+    """Import every command module (registration happens at import)."""
+    from vtdbg.commands import layouts, reference, vmcs  # noqa: F401
+
+    return COMMANDS

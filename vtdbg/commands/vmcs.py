@@ -1,0 +1,216 @@
+"""`vtdbg vmcs` and `vtdbg vmxon`: decode VMCS and VMXON regions from a target."""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Dict, List, Optional
+
+from vtdbg.arch.fields import VmcsField, all_fields, lookup_field
+from vtdbg.commands.registry import COMMANDS, Context, arguments, command
+from vtdbg.commands.result import Block, Heading, KeyValues, Link, Result, Table, Text, hex_value
+from vtdbg.core.describe import describe
+from vtdbg.core.locate import find_vmcs
+from vtdbg.core.vmcs import Vmcs, header_of, read_vmcs
+from vtdbg.lib.errors import UsageError, VtdbgError
+from vtdbg.lib.numbers import parse_address, parse_int
+from vtdbg.target.base import Capability, read_exact
+
+SEGMENTS = ("ES", "CS", "SS", "DS", "FS", "GS", "LDTR", "TR")
+#: fields shown even when zero (the rest of a section only when non-zero, unless --all)
+ALWAYS = {
+    "PIN_BASED_VM_EXEC_CONTROL", "CPU_BASED_VM_EXEC_CONTROL", "VM_EXIT_CONTROLS", "VM_ENTRY_CONTROLS",
+    "GUEST_CR0", "GUEST_CR3", "GUEST_CR4", "GUEST_RIP", "GUEST_RSP", "GUEST_RFLAGS", "GUEST_ACTIVITY_STATE",
+    "GUEST_INTERRUPTIBILITY_INFO", "VMCS_LINK_POINTER", "HOST_CR0", "HOST_CR3", "HOST_CR4", "HOST_RIP",
+    "HOST_RSP", "VM_EXIT_REASON", "EXIT_QUALIFICATION", "VM_INSTRUCTION_ERROR",
+}
+SECTIONS = (("control", "Control fields"), ("guest", "Guest state"), ("host", "Host state"),
+            ("exit_info", "Exit information"))
+
+
+def _segment_names() -> set:
+    names = set()
+    for seg in SEGMENTS:
+        for part in ("SELECTOR", "BASE", "LIMIT", "AR_BYTES"):
+            names.add("GUEST_%s_%s" % (seg, part))
+    for table in ("GDTR", "IDTR"):
+        names.update(("GUEST_%s_BASE" % table, "GUEST_%s_LIMIT" % table))
+    return names
+
+
+def _hex_width(field: VmcsField) -> int:
+    return {"16": 4, "32": 8}.get(field.width, 16)
+
+
+def _value_cell(field: VmcsField, value: int) -> Any:
+    text = hex_value(value, _hex_width(field))
+    if field.name == "GUEST_RIP":
+        return Link(text, "guest_rip", value)
+    if field.name == "VM_EXIT_REASON":
+        return Link(text, "exit_reason", value & 0xFFFF)
+    return text
+
+
+def _segment_table(vmcs: Vmcs) -> Optional[Table]:
+    rows = []
+    for seg in SEGMENTS:
+        sel = vmcs.get("GUEST_%s_SELECTOR" % seg)
+        base = vmcs.get("GUEST_%s_BASE" % seg)
+        limit = vmcs.get("GUEST_%s_LIMIT" % seg)
+        ar = vmcs.get("GUEST_%s_AR_BYTES" % seg)
+        if sel is None and base is None and limit is None and ar is None:
+            continue
+        meaning = describe(lookup_field("GUEST_%s_AR_BYTES" % seg), ar) if ar is not None else ""
+        rows.append([seg, hex_value(sel, 4), hex_value(base, 16), hex_value(limit, 8), hex_value(ar, 5), meaning])
+    for table in ("GDTR", "IDTR"):
+        base = vmcs.get("GUEST_%s_BASE" % table)
+        limit = vmcs.get("GUEST_%s_LIMIT" % table)
+        if base is not None or limit is not None:
+            rows.append([table, "", hex_value(base, 16), hex_value(limit, 8), "", ""])
+    if not rows:
+        return None
+    return Table(["segment", "selector", "base", "limit", "access", "decoded"], rows, title="Guest segments")
+
+
+def vmcs_blocks(vmcs: Vmcs, show_all: bool = False) -> List[Block]:
+    """The text view of a VMCS, grouped like KVM's dump_vmcs."""
+    blocks: List[Block] = []
+    where = hex_value(vmcs.address) if vmcs.address is not None else "-"
+    conf = "" if vmcs.layout_confidence is None else " (confidence %.2f)" % vmcs.layout_confidence
+    blocks.append(KeyValues([
+        ["VMCS", Link(where, "phys", vmcs.address) if vmcs.address is not None else where],
+        ["source", vmcs.trust or vmcs.source],
+        ["layout", "%s%s" % (vmcs.layout or "-", conf)],
+        ["revision id", "0x%x%s" % (vmcs.revision_id, " (shadow VMCS)" if vmcs.shadow else "")],
+        ["VMX-abort", "-" if vmcs.abort is None else str(vmcs.abort)],
+        ["launch state", vmcs.launch_state or "-"],
+    ]))
+    error = vmcs.get("VM_INSTRUCTION_ERROR")
+    reason = vmcs.get("VM_EXIT_REASON")
+    failed = bool(error) or (reason is not None and reason >> 31)
+    if failed:
+        hint = " Run `vtdbg check` for the rule that failed." if "check" in COMMANDS else ""
+        what = []
+        if error:
+            what.append("VM-instruction error %d (%s)" % (error, describe(lookup_field("VM_INSTRUCTION_ERROR"), error)))
+        if reason is not None and reason >> 31:
+            what.append("VM-entry failure, exit reason %s" % describe(lookup_field("VM_EXIT_REASON"), reason))
+        blocks.append(Text("Attention: " + "; ".join(what) + "." + hint, style="warning"))
+    segment_fields = _segment_names()
+    by_type: Dict[str, List[VmcsField]] = {}
+    for field in all_fields():
+        by_type.setdefault(field.type, []).append(field)
+    for kind, title in SECTIONS:
+        rows = []
+        for field in by_type.get(kind, []):
+            value = vmcs.values.get(field.encoding)
+            uncertain = False
+            if value is None and field.encoding in vmcs.uncertain:
+                value, uncertain = vmcs.uncertain[field.encoding], True
+            if value is None or (kind == "guest" and field.name in segment_fields):
+                continue
+            if not show_all and value == 0 and field.name not in ALWAYS:
+                continue
+            name = field.name + (" (?)" if uncertain else "")
+            rows.append([name, _value_cell(field, value), describe(field, value, vmcs.values)])
+        blocks.append(Heading(title))
+        if kind == "guest":
+            table = _segment_table(vmcs)
+            if table is not None:
+                blocks.append(table)
+        blocks.append(Table(["field", "value", "decoded"], rows))
+    if vmcs.uncertain:
+        blocks.append(Text("(?) = offset not certain for this layout (single or inferred measurement)", style="note"))
+    if not show_all:
+        blocks.append(Text("zero-valued fields hidden; --all shows every field, --json lists them all", style="note"))
+    return blocks
+
+
+def _vmcs_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--at", metavar="PA", help="physical address of the VMCS region (default: find it)")
+    parser.add_argument("--layout", default="auto", metavar="NAME|auto",
+                        help="in-memory layout; auto scores the candidates for the revision id")
+    parser.add_argument("--all", action="store_true", help="show zero-valued fields too (text only)")
+
+
+def _cpu_list(ctx: Context, count: int) -> List[int]:
+    if ctx.cpu is None:
+        return [0]
+    if ctx.cpu.lower() == "all":
+        return list(range(count))
+    cpu = parse_int(ctx.cpu, "CPU number")
+    if not 0 <= cpu < count:
+        raise UsageError("CPU %d does not exist here (%d found)" % (cpu, count))
+    return [cpu]
+
+
+def _regions(ctx: Context) -> List[int]:
+    found = find_vmcs(ctx.target)
+    if not found:
+        raise VtdbgError("no VMCS found in %s; give --at PA" % ctx.target.description)
+    return [c.pa for c in found]
+
+
+@command("vmcs", help="decode a VMCS region: controls, guest/host state, last exit",
+         examples=["vtdbg vmcs --image lab.img --at 0x21000", "vtdbg vmcs --image lab.img --cpu all --json",
+                   "vtdbg vmcs --image dump.raw --at 0x21000 --layout bochs_2_8_3_0 --all"],
+         needs=Capability.PHYS_READ,
+         description="Decode a VMCS region from physical memory with one bulk read. The output says which "
+                     "layout was used, how sure the choice is, and how far memory can be trusted.")
+@arguments(_vmcs_args)
+def vmcs_cmd(ctx: Context, args: argparse.Namespace) -> Result:
+    """Decode one VMCS (``--at``) or the VMCS of the selected CPU(s)."""
+    if args.at is not None:
+        if ctx.cpu is not None:
+            raise UsageError("--at names one region; drop --cpu")
+        vmcs = read_vmcs(ctx.target, parse_address(args.at), args.layout)
+        return Result(vmcs.to_json(), vmcs_blocks(vmcs, args.all), warnings=list(vmcs.warnings))
+    regions = _regions(ctx)
+    cpus = _cpu_list(ctx, len(regions))
+    if ctx.cpu is None or ctx.cpu.lower() != "all":
+        vmcs = read_vmcs(ctx.target, regions[cpus[0]], args.layout)
+        doc = vmcs.to_json()
+        doc["cpu"] = cpus[0]
+        result = Result(doc, [Heading("CPU %d" % cpus[0])] + vmcs_blocks(vmcs, args.all), warnings=list(vmcs.warnings))
+        return result
+    docs: List[Dict[str, Any]] = []
+    blocks: List[Block] = []
+    for cpu in cpus:
+        try:
+            vmcs = read_vmcs(ctx.target, regions[cpu], args.layout)
+        except VtdbgError as exc:
+            docs.append({"cpu": cpu, "error": str(exc)})
+            blocks += [Heading("CPU %d" % cpu), Text("error: %s" % exc, style="warning")]
+            continue
+        doc = vmcs.to_json()
+        doc["cpu"] = cpu
+        docs.append(doc)
+        blocks += [Heading("CPU %d" % cpu)] + vmcs_blocks(vmcs, args.all)
+    all_failed = all("error" in d for d in docs)
+    return Result(docs, blocks, exit_code=2 if all_failed else 0)
+
+
+def _vmxon_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--at", metavar="PA", required=True, help="physical address of the VMXON region")
+
+
+@command("vmxon", help="decode a VMXON region (revision id, shadow bit, contents)",
+         examples=["vtdbg vmxon --image lab.img --at 0x20000", "vtdbg vmxon --image lab.img --at 0x20000 --json"],
+         needs=Capability.PHYS_READ)
+@arguments(_vmxon_args)
+def vmxon_cmd(ctx: Context, args: argparse.Namespace) -> Result:
+    """The VMXON region's header; the rest of its format is implementation-specific."""
+    pa = parse_address(args.at)
+    if pa & 0xFFF:
+        raise UsageError("0x%x is not 4 KiB aligned; VMXON regions are page aligned (SDM 24.11.5)" % pa)
+    page = read_exact(ctx.target, pa, 0x1000)
+    header = header_of(page)
+    nonzero = sum(1 for b in page[4:] if b)
+    doc = {"pa": pa, "revision_id": header["revision_id"], "shadow_bit": bool(header["shadow"]),
+           "nonzero_bytes_after_revision": nonzero}
+    result = Result(doc)
+    pairs = [["VMXON", Link(hex_value(pa), "phys", pa)], ["revision id", "0x%x" % header["revision_id"]],
+             ["bit 31", "set: VMXON fails with VMfailInvalid (must be 0)" if header["shadow"] else "clear (as required)"],
+             ["other bytes", "%d non-zero (the rest of the region is implementation-specific)" % nonzero]]
+    result.add(KeyValues(pairs))
+    if header["shadow"]:
+        result.warnings.append("bit 31 of the VMXON region's first dword must be 0")
+    return result

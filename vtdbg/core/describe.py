@@ -1,0 +1,108 @@
+"""Turning a field value into words, driven by each field's ``decoder`` in the arch tables.
+
+Nothing here knows a bit position: control bits, register flags, qualification layouts and
+enumerations all come from vtdbg/arch/data.  Context-dependent decoders (the exit
+qualification and instruction information depend on the exit reason) take the VMCS values.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional
+
+from vtdbg.arch import bitfields, controls, exit_reasons, vm_errors
+from vtdbg.arch.fields import VmcsField, lookup_field
+
+
+def _enc(name: str) -> int:
+    return lookup_field(name).encoding
+
+
+def decode_bits(layout_name: str, value: int) -> List[str]:
+    """Short words for a bitfield value: set flags by name, multi-bit fields as name=value."""
+    layout = bitfields.layout(layout_name)
+    words: List[str] = []
+    for item in layout.decode(value):
+        if not item.applies:
+            continue
+        if item.field.width == 1:
+            if item.value:
+                words.append(item.field.name)
+        elif item.meaning is not None:
+            words.append("%s=%s" % (item.field.name, item.meaning))
+        elif item.value:
+            words.append("%s=0x%x" % (item.field.name, item.value))
+    reserved = value & layout.reserved_mask()
+    if reserved:
+        words.append("reserved=0x%x" % reserved)
+    return words
+
+
+def describe_controls(group: str, value: int) -> List[str]:
+    """Names of the set control bits, plus any set bit the SDM does not define."""
+    words = [bit.name for bit in controls.decode_controls(group, value)]
+    unknown = controls.unknown_bits(group, value)
+    if unknown:
+        words.append("undefined=0x%x" % unknown)
+    return words
+
+
+def exit_reason_words(value: int) -> List[str]:
+    """Name of the basic exit reason and the flags of the 32-bit exit-reason field."""
+    reason = exit_reasons.exit_reason_by_number(value & 0xFFFF)
+    words = [reason.name if reason else "reason %d (not defined by the SDM)" % (value & 0xFFFF)]
+    words.extend(w for w in decode_bits("exit_reason", value) if not w.startswith("basic"))
+    return words
+
+
+def qualification_layout(values: Mapping[int, int], reason_value: Optional[int] = None) -> Optional[str]:
+    """The exit-qualification layout for the exit the VMCS records (None if none applies)."""
+    if reason_value is None:
+        reason_value = values.get(_enc("VM_EXIT_REASON"))
+    if reason_value is None:
+        return None
+    reason = exit_reasons.exit_reason_by_number(reason_value & 0xFFFF)
+    if reason is None or reason.qualification is None:
+        return None
+    if isinstance(reason.qualification, str):
+        return reason.qualification
+    info = values.get(_enc("VM_EXIT_INTR_INFO"))
+    if info is None:
+        return None
+    return reason.qualification.get(info & 0xFF)
+
+
+def instruction_info_layout(values: Mapping[int, int]) -> Optional[str]:
+    """The instruction-information layout for the recorded exit (None if none applies)."""
+    reason_value = values.get(_enc("VM_EXIT_REASON"))
+    if reason_value is None:
+        return None
+    reason = exit_reasons.exit_reason_by_number(reason_value & 0xFFFF)
+    return reason.instruction_info if reason else None
+
+
+def describe(field: VmcsField, value: int, values: Optional[Dict[int, int]] = None) -> str:
+    """A one-line meaning of ``value`` for ``field`` ('' when there is nothing to add)."""
+    decoder = field.decoder
+    if decoder is None:
+        return ""
+    values = values or {}
+    try:
+        if decoder.startswith("controls:"):
+            words = describe_controls(decoder.split(":", 1)[1], value)
+        elif decoder == "exit_reason":
+            words = exit_reason_words(value)
+        elif decoder == "vm_instruction_error":
+            if value == 0:
+                return "no error"
+            error = vm_errors.error_by_number(value)
+            return error.description if error else "error %d (not defined by the SDM)" % value
+        elif decoder == "exit_qualification":
+            name = qualification_layout(values)
+            words = decode_bits(name, value) if name else []
+        elif decoder == "instruction_info":
+            name = instruction_info_layout(values)
+            words = decode_bits(name, value) if name else []
+        else:
+            words = decode_bits(decoder, value)
+    except KeyError:
+        return ""
+    return " ".join(words)
