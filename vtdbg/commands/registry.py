@@ -91,7 +91,14 @@ def arguments(configure: Configurer) -> Callable[[Runner], Runner]:
 
 
 def load_all() -> Dict[str, Command]:
-    """Import every command module (registration happens at import)."""
-    from vtdbg.commands import layouts, reference, vmcs  # noqa: F401
+    """Import every module of the vtdbg.commands package (registration happens at import),
+    so a new command family is one new module and no shared list to edit."""
+    import importlib
+    import pkgutil
 
+    import vtdbg.commands as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name not in ("registry", "result") and not info.name.startswith("_"):
+            importlib.import_module("vtdbg.commands." + info.name)
     return COMMANDS

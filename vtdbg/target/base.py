@@ -31,6 +31,7 @@ class Capability(enum.Flag):
     STEP = enum.auto()
     WRITE = enum.auto()
     LIVE = enum.auto()  # a running machine (state may change between stops)
+    SYMBOLS = enum.auto()  # module list, symbol addresses and type layouts (pykd)
 
 
 def capability_names(caps: Capability) -> List[str]:
@@ -152,6 +153,19 @@ class Target:
 
     def _switch_cpu(self, cpu: int) -> None:
         raise CapabilityError("%s target cannot switch CPUs" % self.kind)
+
+    # -- symbols (debugger sessions with symbol files) --------------------------------------
+    def modules(self) -> List[Tuple[str, int, int]]:
+        """Loaded modules as (name, base, size)."""
+        raise CapabilityError("%s target has no module list" % self.kind)
+
+    def symbol(self, name: str) -> Optional[int]:
+        """Address of ``module!symbol``, or None when the symbol is unknown."""
+        raise CapabilityError("%s target has no symbols" % self.kind)
+
+    def field_offset(self, type_name: str, field_name: str) -> Optional[int]:
+        """Offset of ``field_name`` in ``module!type_name``, or None when unknown."""
+        raise CapabilityError("%s target has no type information" % self.kind)
 
     # -- execution control ----------------------------------------------------------------
     def break_at(self, address: int, on_hit: Callable[[int], bool]) -> Breakpoint:

@@ -1,0 +1,67 @@
+"""CLI conventions of shared/DESIGN.md: option placement, errors, exit codes, JSON."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+def test_no_arguments_prints_help():
+    status, out, _ = run_cli()
+    assert status == 0 and "vtdbg" in out and "layouts" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["no-such-command"], "invalid choice"),
+    (["layout"], "required"),
+    (["layout", "nope"], "unknown layout 'nope'"),
+    (["vmcs", "--image", "/nonexistent/file.img", "--at", "0x1000"], "no such image file"),
+    (["vmcs", "--at", "0x1000"], "needs a target"),
+    (["layouts", "--target", "image:a", "--image", "b"], "not both"),
+])
+def test_user_mistakes_are_one_line_errors_with_status_2(argv, message):
+    status, out, err = run_cli(*argv)
+    assert status == 2
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_debug_shows_the_traceback():
+    status, _, err = run_cli("--debug", "layout", "nope")
+    assert status == 2 and "Traceback" in err and "unknown layout" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["--json", "layout", "kvm"],
+    ["layout", "--json", "kvm"],
+    ["layout", "kvm", "--json"],
+])
+def test_json_is_accepted_anywhere(argv):
+    status, out, _ = run_cli(*argv)
+    assert status == 0
+    doc = json.loads(out)
+    assert doc["name"] == "kvm_vmcs12" and doc["revision_ids"] == [0x11E57ED0]
+    assert all(isinstance(f["offset"], int) and isinstance(f["encoding"], int) for f in doc["fields"])
+
+
+def test_layouts_json_contract():
+    status, out, _ = run_cli("layouts", "--json")
+    assert status == 0
+    rows = json.loads(out)
+    assert {"name", "revision_ids", "source"} <= set(rows[0])
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["bochs_2_7"]["revision_ids"] == [0x2B, 0x04]
+    assert len(rows) >= 15
+
+
+def test_layout_json_fields_have_the_contract_keys():
+    status, out, _ = run_cli("layout", "bochs", "--json")
+    doc = json.loads(out)
+    cs = [f for f in doc["fields"] if f["encoding"] == 0x4816][0]
+    assert {"encoding", "offset", "size", "transform", "certain"} <= set(cs)
+    assert (cs["offset"], cs["size"], cs["transform"], cs["certain"]) == (2664, 4, "rol8", True)
+    status, out, _ = run_cli("layout", "intel_haswell_rev0x12", "--json")
+    haswell = json.loads(out)
+    assert any(not f["certain"] and f["transform"] == "packed16" for f in haswell["fields"])

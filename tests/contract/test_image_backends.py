@@ -1,0 +1,99 @@
+"""The raw-image, gzip-image, recording and replay backends pass the target contract."""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import random
+
+import pytest
+
+from tests.contract.contract import ContractSetup, TargetContract
+from vtdbg.lib.errors import DecodeError, MemoryReadError, TargetError
+from vtdbg.target.image import ImageTarget
+from vtdbg.target.open import open_target
+from vtdbg.target.record import RecordingTarget, ReplayTarget
+
+SIZE = 0x10000
+MEMORY = bytes(random.Random(7).getrandbits(8) for _ in range(SIZE))
+KNOWN = {0: MEMORY[:16], 0x1000: MEMORY[0x1000:0x2000], SIZE - 8: MEMORY[-8:], 0x123: MEMORY[0x123:0x124]}
+UNREADABLE = (SIZE - 1, 2)
+
+
+class TestRawImage(TargetContract):
+    def make_target(self, tmp_path):
+        path = tmp_path / "mem.img"
+        path.write_bytes(MEMORY)
+        return ContractSetup(open_target("image:" + str(path)), KNOWN, UNREADABLE)
+
+
+class TestGzipImage(TargetContract):
+    def make_target(self, tmp_path):
+        path = tmp_path / "mem.img.gz"
+        path.write_bytes(gzip.compress(MEMORY))
+        return ContractSetup(open_target(str(path)), KNOWN, UNREADABLE)
+
+
+class TestRecording(TargetContract):
+    def make_target(self, tmp_path):
+        return ContractSetup(RecordingTarget(ImageTarget.from_bytes(MEMORY), io.StringIO()), KNOWN, UNREADABLE)
+
+
+class TestReplay(TargetContract):
+    def make_target(self, tmp_path):
+        sink = io.StringIO()
+        recorder = RecordingTarget(ImageTarget.from_bytes(MEMORY), sink)
+        for pa, data in KNOWN.items():
+            recorder.read_phys(pa, len(data))
+            recorder.read_phys(pa, 0)
+        with pytest.raises(MemoryReadError):
+            recorder.read_phys(*UNREADABLE)
+        recorder.phys_ranges()
+        path = tmp_path / "session.jsonl"
+        path.write_text(sink.getvalue())
+        return ContractSetup(open_target(str(path)), KNOWN, UNREADABLE)
+
+
+def test_recording_counts_transactions():
+    recorder = RecordingTarget(ImageTarget.from_bytes(MEMORY))
+    recorder.read_phys(0, 4096)
+    recorder.read_phys(0x1000, 8)
+    assert recorder.transactions == 2 and recorder.counts["read_phys"] == 2
+
+
+def test_replay_refuses_unrecorded_calls_and_bad_files(tmp_path):
+    sink = io.StringIO()
+    RecordingTarget(ImageTarget.from_bytes(MEMORY), sink).read_phys(0, 4)
+    replay = ReplayTarget(iter(sink.getvalue().splitlines()))
+    with pytest.raises(TargetError, match="no recorded read_phys"):
+        replay.read_phys(4, 4)
+    with pytest.raises(DecodeError, match="not a vtdbg recording"):
+        ReplayTarget(iter([json.dumps({"format": "other"})]))
+    with pytest.raises(DecodeError, match="not JSON"):
+        ReplayTarget(iter([sink.getvalue().splitlines()[0], "{broken"]))
+    with pytest.raises(DecodeError, match="empty"):
+        ReplayTarget(iter([]))
+    bad_hex = sink.getvalue().splitlines()[0] + "\n" + json.dumps(
+        {"seq": 1, "cpu": 0, "op": "read_phys", "args": {"pa": 0, "size": 1}, "result": {"hex": "zz"}})
+    with pytest.raises(DecodeError, match="hex"):
+        ReplayTarget(iter(bad_hex.splitlines())).read_phys(0, 1)
+
+
+def test_gzip_bomb_is_refused(tmp_path):
+    path = tmp_path / "bomb.img.gz"
+    path.write_bytes(gzip.compress(b"\0" * (4 << 20)))
+    with pytest.raises(TargetError, match="inflates to more than"):
+        ImageTarget(str(path), inflate_limit=1 << 20)
+
+
+def test_truncated_gzip_is_a_clean_error(tmp_path):
+    path = tmp_path / "cut.img.gz"
+    whole = gzip.compress(bytes(range(256)) * 256)
+    path.write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(TargetError, match="cannot read gzip"):
+        ImageTarget(str(path))
+
+
+def test_missing_file_is_a_clean_error(tmp_path):
+    with pytest.raises(TargetError, match="no such"):
+        open_target(str(tmp_path / "nothing.img"))
