@@ -38,8 +38,9 @@ META: Dict[str, Dict[str, Any]] = {
                        coherence="KVM caches L1's current vmcs12 and writes it back at VMCLEAR or VMPTRLD "
                                  "of another: trust the page only for a VMCS that is not current"),
     "kvm_vmcs12_linux3x_legacy": dict(kind="nested", revision_ids=[0x11E57ED0],
-                                      coherence="KVM caches L1's current vmcs12 and writes it back at VMCLEAR "
-                                                "or VMPTRLD of another: trust the page only for a VMCS that is not current"),
+                                      coherence="KVM caches L1's current vmcs12 and writes it back at "
+                                                "VMCLEAR or VMPTRLD of another: trust the page only for a VMCS "
+                                                "that is not current"),
     "hyperv_evmcs_v1": dict(kind="nested", revision_ids=[1],
                             coherence="an enlightened VMCS is written by L1 with ordinary stores: the page is "
                                       "authoritative, except L2 guest registers while L2 runs"),
@@ -50,8 +51,8 @@ META: Dict[str, Dict[str, Any]] = {
                       coherence="Xen without VMCS shadowing uses the page directly: current except L2 guest "
                                 "registers while L2 runs (with shadowing the page has the hardware layout)"),
     "vmware_nested_partial": dict(kind="nested", revision_ids=[1], auto=False,
-                                  coherence="VMware's virtual VMCS layout is undocumented: six offsets from one "
-                                            "old measurement, all uncertain"),
+                                  coherence="VMware's virtual VMCS layout is undocumented: six offsets "
+                                            "from one old measurement, all uncertain"),
 }
 HARDWARE_COHERENCE = ("measured layout of real Intel hardware (public measurements); the processor may keep "
                       "an active VMCS on-die, so memory is only guaranteed current after VMCLEAR")

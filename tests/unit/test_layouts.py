@@ -49,7 +49,7 @@ def test_bochs_access_rights_are_rotated_and_nothing_else_is():
 def test_certain_fields_do_not_overlap():
     for layout in builtin_layouts().values():
         spans = sorted((f.offset, f.offset + f.size, f.name) for f in layout.fields if f.certain)
-        for (a0, a1, an), (b0, b1, bn) in zip(spans, spans[1:]):
+        for (_, a1, an), (b0, _, bn) in zip(spans, spans[1:]):
             assert a1 <= b0, "%s: %s overlaps %s" % (layout.name, an, bn)
 
 

@@ -7,7 +7,7 @@ one-line message with exit status 2).
 from __future__ import annotations
 
 import difflib
-from typing import Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Dict, Hashable, Iterable, List, Mapping, Sequence, Union
 
 from vtdbg.lib.errors import UsageError
 from vtdbg.lib.numbers import looks_numeric, parse_int
@@ -24,9 +24,9 @@ class UnknownNameError(KeyError, UsageError):
         self.kind = kind
         self.text = text
         self.suggestions = tuple(suggestions)
-        message = "unknown %s %r" % (kind, text)
+        message = f"unknown {kind} {text!r}"
         if self.suggestions:
-            message += "; did you mean %s?" % ", ".join(self.suggestions)
+            message += f"; did you mean {', '.join(self.suggestions)}?"
         self.message = message
         super().__init__(message)
 
@@ -73,7 +73,7 @@ def normalize_name(text: str) -> str:
     return key
 
 
-def parse_number(text: str) -> Optional[int]:
+def parse_number(text: str) -> int | None:
     """``text`` as a non-negative integer (decimal, ``0x`` hex, WinDbg ``0n``), or None for a name."""
     stripped = text.strip()
     if not stripped or not looks_numeric(stripped):

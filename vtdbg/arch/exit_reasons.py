@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Tuple, Union
 
 from vtdbg.arch._data import load_table
 from vtdbg.arch.errors import UnknownNameError, close_matches, normalize_name, parse_number
@@ -50,13 +50,13 @@ class ExitReason:
     description: str
     sdm: str
     #: exit-qualification layout name, or None (see also ``qualification_by_vector``)
-    qualification: Optional[str]
+    qualification: str | None
     #: instruction-information layout name, or None
-    instruction_info: Optional[str]
+    instruction_info: str | None
     #: for reason 0: exception vector -> qualification layout name
     qualification_by_vector: Tuple[Tuple[int, str], ...] = ()
 
-    def qualification_for(self, vector: Optional[int] = None) -> Optional[str]:
+    def qualification_for(self, vector: int | None = None) -> str | None:
         """Qualification layout for this exit, using ``vector`` for exception exits."""
         if self.qualification_by_vector:
             return dict(self.qualification_by_vector).get(vector) if vector is not None else None
@@ -73,7 +73,7 @@ class ExitReason:
         return (self.name,) + self.aliases
 
 
-def _parse_qualification(raw: Any) -> Tuple[Optional[str], Tuple[Tuple[int, str], ...]]:
+def _parse_qualification(raw: Any) -> Tuple[str | None, Tuple[Tuple[int, str], ...]]:
     """Split a table ``qualification`` cell into (name, by-vector pairs)."""
     if raw is None:
         return None, ()
@@ -82,7 +82,7 @@ def _parse_qualification(raw: Any) -> Tuple[Optional[str], Tuple[Tuple[int, str]
     if isinstance(raw, Mapping) and "by_vector" in raw:
         pairs = tuple(sorted((int(vector), str(name)) for vector, name in raw["by_vector"].items()))
         return None, pairs
-    raise ValueError("bad qualification cell %r in %s" % (raw, EXIT_REASONS_TABLE))
+    raise ValueError(f"bad qualification cell {raw!r} in {EXIT_REASONS_TABLE}")
 
 
 class _ReasonIndex:
@@ -94,13 +94,13 @@ class _ReasonIndex:
         self.by_key: Dict[str, ExitReason] = {}
         for reason in self.reasons:
             if reason.number in self.by_number:
-                raise ValueError("duplicate exit reason %d in %s" % (reason.number, EXIT_REASONS_TABLE))
+                raise ValueError(f"duplicate exit reason {reason.number} in {EXIT_REASONS_TABLE}")
             self.by_number[reason.number] = reason
             for name in reason.names:
                 key = normalize_name(name)
                 other = self.by_key.get(key)
                 if other is not None and other is not reason:
-                    raise ValueError("exit-reason name %r is used by %s and %s" % (name, other.name, reason.name))
+                    raise ValueError(f"exit-reason name {name!r} is used by {other.name} and {reason.name}")
                 self.by_key[key] = reason
 
 
@@ -132,7 +132,7 @@ def all_exit_reasons() -> List[ExitReason]:
     return list(_index().reasons)
 
 
-def exit_reason_by_number(number: int) -> Optional[ExitReason]:
+def exit_reason_by_number(number: int) -> ExitReason | None:
     """The basic exit reason ``number`` (bits 15:0 are used for larger values), or None."""
     return _index().by_number.get(basic_reason(number))
 
@@ -146,7 +146,7 @@ def lookup_exit_reason(text: Union[str, int]) -> ExitReason:
     """
     index = _index()
     if isinstance(text, int) and not isinstance(text, bool):
-        number: Optional[int] = text
+        number: int | None = text
         raw = str(text)
     else:
         raw = str(text)
@@ -171,4 +171,4 @@ def lookup_exit_reason(text: Union[str, int]) -> ExitReason:
 def exit_reason_name(value: int) -> str:
     """Canonical name of the basic reason in ``value``, or ``"UNKNOWN_<n>"``."""
     reason = exit_reason_by_number(value)
-    return reason.name if reason is not None else "UNKNOWN_%d" % basic_reason(value)
+    return reason.name if reason is not None else f"UNKNOWN_{basic_reason(value)}"

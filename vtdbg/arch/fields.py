@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Tuple, Union
 
 from vtdbg.arch._data import as_int, load_table
 from vtdbg.arch.errors import UnknownNameError, close_matches, normalize_name, parse_number
@@ -78,7 +78,7 @@ def is_high(encoding: int) -> bool:
 def make_encoding(width: str, field_type: str, index: int, high: bool = False) -> int:
     """Compose an encoding from its parts (the inverse of the ``encoding_*`` helpers)."""
     if not 0 <= index <= 0x1FF:
-        raise ValueError("VMCS field index %d is outside 0..511" % index)
+        raise ValueError(f"VMCS field index {index} is outside 0..511")
     return (
         (Width.BY_CODE.index(width) << 13)
         | (FieldType.BY_CODE.index(field_type) << 10)
@@ -98,7 +98,7 @@ class VmcsField:
     aliases: Tuple[str, ...]
     description: str
     sdm: str
-    decoder: Optional[str]
+    decoder: str | None
 
     @property
     def size(self) -> int:
@@ -111,7 +111,7 @@ class VmcsField:
         return self.size * 8
 
     @property
-    def high_encoding(self) -> Optional[int]:
+    def high_encoding(self) -> int | None:
         """Encoding of the upper 32 bits of a 64-bit field, None for other widths."""
         return self.encoding | 1 if self.width == Width.W64 else None
 
@@ -140,13 +140,13 @@ class _FieldIndex:
         self.by_key: Dict[str, VmcsField] = {}
         for field in self.fields:
             if field.encoding in self.by_encoding:
-                raise ValueError("duplicate VMCS encoding 0x%04x in %s" % (field.encoding, FIELDS_TABLE))
+                raise ValueError(f"duplicate VMCS encoding {field.encoding:#06x} in {FIELDS_TABLE}")
             self.by_encoding[field.encoding] = field
             for name in field.names:
                 key = normalize_name(name)
                 other = self.by_key.get(key)
                 if other is not None and other is not field:
-                    raise ValueError("VMCS name %r is used by %s and %s" % (name, other.name, field.name))
+                    raise ValueError(f"VMCS name {name!r} is used by {other.name} and {field.name}")
                 self.by_key[key] = field
 
 
@@ -156,7 +156,7 @@ def _field_from_row(row: Dict[str, Any]) -> VmcsField:
     width = str(row["width"])
     field_type = str(row["type"])
     if encoding_width(encoding) != width or encoding_type(encoding) != field_type or is_high(encoding):
-        raise ValueError("%s: encoding 0x%04x does not match width %s / type %s" % (row["name"], encoding, width, field_type))
+        raise ValueError(f"{row['name']}: encoding {encoding:#06x} does not match width {width} / type {field_type}")
     decoder = row.get("decoder")
     aliases = row.get("aliases") or []
     return VmcsField(
@@ -183,7 +183,7 @@ def all_fields() -> List[VmcsField]:
     return list(_index().fields)
 
 
-def field_by_encoding(encoding: int) -> Optional[VmcsField]:
+def field_by_encoding(encoding: int) -> VmcsField | None:
     """The field with this FULL encoding, or None (HIGH encodings give None too)."""
     return _index().by_encoding.get(encoding)
 
@@ -195,10 +195,10 @@ def resolve_encoding(encoding: int) -> Tuple[VmcsField, bool]:
     """
     index = _index()
     if encoding < 0 or encoding & ENCODING_RESERVED_MASK:
-        raise UnknownNameError("VMCS field encoding", "0x%x" % encoding)
+        raise UnknownNameError("VMCS field encoding", f"{encoding:#x}")
     field = index.by_encoding.get(encoding & ~1)
     if field is None or (is_high(encoding) and field.width != Width.W64):
-        raise UnknownNameError("VMCS field encoding", "0x%04x" % encoding)
+        raise UnknownNameError("VMCS field encoding", f"{encoding:#06x}")
     return field, is_high(encoding)
 
 

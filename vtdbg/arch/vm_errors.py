@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Tuple, Union
 
 from vtdbg.arch._data import load_table
 from vtdbg.arch.errors import UnknownNameError, close_matches, normalize_name, parse_number
@@ -50,13 +50,13 @@ def _index() -> Tuple[Dict[int, VmInstructionError], Dict[str, VmInstructionErro
     for row in load_table(ERRORS_TABLE)["errors"]:
         error = _error_from_row(row)
         if error.number in by_number:
-            raise ValueError("duplicate VM-instruction error %d in %s" % (error.number, ERRORS_TABLE))
+            raise ValueError(f"duplicate VM-instruction error {error.number} in {ERRORS_TABLE}")
         by_number[error.number] = error
         for name in error.names:
             key = normalize_name(name)
             other = by_key.get(key)
             if other is not None and other is not error:
-                raise ValueError("error name %r is used by %d and %d" % (name, other.number, error.number))
+                raise ValueError(f"error name {name!r} is used by {other.number} and {error.number}")
             by_key[key] = error
     return by_number, by_key
 
@@ -67,7 +67,7 @@ def all_errors() -> List[VmInstructionError]:
     return [by_number[number] for number in sorted(by_number)]
 
 
-def error_by_number(number: int) -> Optional[VmInstructionError]:
+def error_by_number(number: int) -> VmInstructionError | None:
     """The error with this number, or None (0 means no error; 14, 21 and 27 are unused)."""
     return _index()[0].get(number)
 
@@ -95,5 +95,5 @@ def describe_error(number: int) -> str:
         return "0: no error recorded"
     error = error_by_number(number)
     if error is None:
-        return "%d: not a VM-instruction error number defined by the SDM" % number
-    return "%d: %s" % (number, error.description)
+        return f"{number}: not a VM-instruction error number defined by the SDM"
+    return f"{number}: {error.description}"

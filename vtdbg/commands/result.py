@@ -70,7 +70,7 @@ class Result:
     warnings: List[str] = field(default_factory=list)
     exit_code: int = 0
 
-    def add(self, *blocks: Block) -> "Result":
+    def add(self, *blocks: Block) -> Result:
         """Append text blocks; returns self for chaining."""
         self.blocks.extend(blocks)
         return self

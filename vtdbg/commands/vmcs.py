@@ -169,8 +169,8 @@ def vmcs_cmd(ctx: Context, args: argparse.Namespace) -> Result:
         vmcs = read_vmcs(ctx.target, regions[cpus[0]], args.layout)
         doc = vmcs.to_json()
         doc["cpu"] = cpus[0]
-        result = Result(doc, [Heading("CPU %d" % cpus[0])] + vmcs_blocks(vmcs, args.all), warnings=list(vmcs.warnings))
-        return result
+        return Result(doc, [Heading("CPU %d" % cpus[0])] + vmcs_blocks(vmcs, args.all),
+                      warnings=list(vmcs.warnings))
     docs: List[Dict[str, Any]] = []
     blocks: List[Block] = []
     for cpu in cpus:
@@ -207,7 +207,7 @@ def vmxon_cmd(ctx: Context, args: argparse.Namespace) -> Result:
     doc = {"pa": pa, "revision_id": header["revision_id"], "shadow_bit": bool(header["shadow"]),
            "nonzero_bytes_after_revision": nonzero}
     result = Result(doc)
-    pairs = [["VMXON", Link(hex_value(pa), "phys", pa)], ["revision id", "0x%x" % header["revision_id"]],
+    pairs: List[List[Any]] = [["VMXON", Link(hex_value(pa), "phys", pa)], ["revision id", "0x%x" % header["revision_id"]],
              ["bit 31", "set: VMXON fails with VMfailInvalid (must be 0)" if header["shadow"] else "clear (as required)"],
              ["other bytes", "%d non-zero (the rest of the region is implementation-specific)" % nonzero]]
     result.add(KeyValues(pairs))

@@ -36,7 +36,7 @@ def _load_file(path: str, builtin: bool) -> Layout:
     try:
         if os.path.getsize(path) > MAX_LAYOUT_FILE:
             raise LayoutError("%s: larger than %d MiB" % (path, MAX_LAYOUT_FILE >> 20))
-        with open(path, "r", encoding="utf-8") as handle:
+        with open(path, encoding="utf-8") as handle:
             doc = json.load(handle)
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise LayoutError("%s: cannot read layout: %s" % (path, exc)) from None

@@ -184,7 +184,7 @@ class Target:
     def close(self) -> None:
         """Release files, processes and connections; idempotent."""
 
-    def __enter__(self) -> "Target":
+    def __enter__(self) -> Target:
         return self
 
     def __exit__(self, *exc: object) -> None:

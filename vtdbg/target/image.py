@@ -58,7 +58,7 @@ class ImageTarget(Target):
         self.size = len(self._map)
 
     @classmethod
-    def from_bytes(cls, data: bytes, description: str = "in-memory image") -> "ImageTarget":
+    def from_bytes(cls, data: bytes, description: str = "in-memory image") -> ImageTarget:
         """An image over ``data`` (tests and embedded samples)."""
         self = cls.__new__(cls)
         Target.__init__(self, description)

@@ -16,8 +16,8 @@ File format, one JSON object per line:
 from __future__ import annotations
 
 import collections
-import json
 import contextlib
+import json
 from typing import IO, Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 from vtdbg.lib.errors import (
@@ -243,10 +243,10 @@ class ReplayTarget(Target):
             raise DecodeError("empty recording")
 
     @classmethod
-    def from_file(cls, path: str) -> "ReplayTarget":
+    def from_file(cls, path: str) -> ReplayTarget:
         """Load a ``.jsonl`` recording."""
         try:
-            with open(path, "r", encoding="utf-8") as handle:
+            with open(path, encoding="utf-8") as handle:
                 return cls(iter(handle.readlines()), "replay of %s" % path)
         except OSError as exc:
             raise TargetError("cannot open recording %s: %s" % (path, exc.strerror)) from None
