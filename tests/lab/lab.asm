@@ -438,12 +438,15 @@ exc_stubs:
 %endrep
 
 exc_common:
+        pop     r8                      ; vector
+        pop     r9                      ; error code
+        mov     r10, [rsp]              ; faulting RIP
         PRINT   `HOSTEXC vec=`
-        PHEX    [rsp], 2
+        PHEX    r8, 2
         PRINT   ` err=`
-        PHEX    [rsp + 8], 8
+        PHEX    r9, 8
         PRINT   ` rip=`
-        PHEX    [rsp + 16], 16
+        PHEX    r10, 16
         PRINT   ` cr2=`
         mov     rax, cr2
         PHEX    rax, 16
@@ -753,7 +756,8 @@ vmx_init:
         mov     [rel features], rbx
         mov     [INFO_PA + INFO_FEATURES], rbx
         ; local APIC software enable (the self-IPI for the external-interrupt exit)
-        mov     dword [LAPIC_PA + 0xF0], 0x1FF
+        mov     rax, LAPIC_PA
+        mov     dword [rax + 0xF0], 0x1FF
         ret
 .vmxon_fail:
         PRINT   `VMXON FAIL\n`
@@ -1629,6 +1633,8 @@ guest_entry:
         jz      .no_rdtsc
         rdtsc                                   ; RDTSC (16)
 .no_rdtsc:
+        sti                                     ; Bochs only unmasks the interrupt with RFLAGS.IF = 1
+        nop
         ud2                                     ; exception (0) #UD; the handler sends a self-IPI
         nop                                     ; external interrupt (1) arrives here
         mov     rax, [PF_HOLE_GLA + 0x123]      ; exception (0) #PF, handler maps the page
@@ -1766,13 +1772,15 @@ exit_handler:
         call    advance_rip
         test    qword [rel features], F_EXTINT
         jz      .resume
-        mov     dword [LAPIC_PA + 0x300], 0x00044000 | IPI_VECTOR   ; fixed, self
+        mov     rax, LAPIC_PA
+        mov     dword [rax + 0x300], 0x00044000 | IPI_VECTOR   ; fixed, self
         jmp     .resume
 .pf:
         mov     qword [GUEST_PD_PA + (PF_HOLE_GLA >> 21) * 8], PF_HOLE_GLA | 0x83
         jmp     .resume
 .extint:
-        mov     dword [LAPIC_PA + 0xB0], 0      ; EOI (acknowledged on exit)
+        mov     rax, LAPIC_PA
+        mov     dword [rax + 0xB0], 0           ; EOI (acknowledged on exit)
         jmp     .resume
 .ept:
         mov     qword [EPT_PD_PA + (EPT_HOLE_GPA >> 21) * 8], EPT_HOLE_GPA | 0xB7

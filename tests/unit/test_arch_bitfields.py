@@ -132,6 +132,7 @@ LINUX_MASKS = [
 
 
 def _decoded(name: str, value: int) -> Dict[str, bitfields.DecodedBit]:
+    """Decode ``value`` with layout ``name`` into a field-name -> DecodedBit map."""
     return {item.name: item for item in bitfields.layout(name).decode(value)}
 
 
@@ -139,6 +140,7 @@ def _decoded(name: str, value: int) -> Dict[str, bitfields.DecodedBit]:
 
 
 def test_required_layouts_exist() -> None:
+    """Every layout name other modules rely on is defined."""
     names = set(bitfields.all_layouts())
     missing = [name for name in LAYOUT_NAMES if name not in names]
     assert not missing
@@ -146,6 +148,7 @@ def test_required_layouts_exist() -> None:
 
 @pytest.mark.parametrize("name", sorted(load_table("bitfields.json")["layouts"]))
 def test_layout_is_well_formed(name: str) -> None:
+    """Fields are unique, inside the width, non-overlapping, and their enums and conditions fit."""
     lay = bitfields.layout(name)
     assert lay.width in (8, 16, 32, 64)
     assert lay.fields, "layout has no fields"
@@ -157,7 +160,8 @@ def test_layout_is_well_formed(name: str) -> None:
         seen_names.add(item.name)
         assert item.width >= 1 and item.lsb >= 0
         assert item.msb < lay.width, "%s lies outside the %d-bit layout" % (item.name, lay.width)
-        assert used & item.mask == 0, "%s overlaps another field" % item.name
+        if not item.applies_if:
+            assert used & item.mask == 0, "%s overlaps another field" % item.name
         used |= item.mask
         assert item.format in bitfields.FORMATS
         assert item.description
@@ -165,6 +169,13 @@ def test_layout_is_well_formed(name: str) -> None:
             assert 0 <= raw < (1 << item.width), "%s: value %d does not fit" % (item.name, raw)
         if item.format == "enum":
             assert item.values
+    # fields that share bits must be alternatives: conditions on one selector, disjoint values
+    for index, item in enumerate(lay.fields):
+        for later in lay.fields[index + 1:]:
+            if item.mask & later.mask:
+                shared = set(item.applies_if) & set(later.applies_if)
+                assert any(not set(item.applies_if[k]) & set(later.applies_if[k]) for k in shared), (
+                    "%s and %s overlap without exclusive applies_if" % (item.name, later.name))
     for item in lay.fields:
         for other, allowed in item.applies_if.items():
             assert other != item.name and other in seen_names, "%s: bad applies_if %s" % (item.name, other)
@@ -174,11 +185,13 @@ def test_layout_is_well_formed(name: str) -> None:
 
 
 def test_unknown_layout_raises_keyerror() -> None:
+    """An unknown layout name raises KeyError."""
     with pytest.raises(KeyError):
         bitfields.layout("no_such_layout")
 
 
 def test_field_extract_and_mask() -> None:
+    """BitField mask/extract/insert agree with the SDM port field (31:16)."""
     port = bitfields.layout("io_instruction").field("port")
     assert port.mask == 0xFFFF0000
     assert port.extract(0xE90040) == 0xE9
@@ -187,6 +200,7 @@ def test_field_extract_and_mask() -> None:
 
 
 def test_exception_bitmap_is_complete() -> None:
+    """The exception bitmap has one bit per vector, named after the exception."""
     lay = bitfields.layout("exception_bitmap")
     assert len(lay.fields) == 32
     assert lay.reserved_mask() == 0
@@ -199,6 +213,7 @@ def test_exception_bitmap_is_complete() -> None:
 
 
 def test_register_bits_match_the_sdm() -> None:
+    """CR0, CR4, EFER, PAT, DR7 and RFLAGS bits sit where the SDM puts them."""
     cr0 = bitfields.layout("cr0")
     assert cr0.set_flags(0x80000021) == ["pe", "ne", "pg"]
     cr4 = {item.name: item.lsb for item in bitfields.layout("cr4").fields}
@@ -215,6 +230,7 @@ def test_register_bits_match_the_sdm() -> None:
 
 
 def test_segment_access_rights_decode() -> None:
+    """The lab's CS access rights 0xA09B decode to a 64-bit code segment."""
     ar = _decoded("segment_ar", 0xA09B)
     assert ar["type"].value == 11
     meaning = ar["type"].meaning or ""
@@ -222,10 +238,12 @@ def test_segment_access_rights_decode() -> None:
     assert ar["s"].value == 1 and ar["dpl"].value == 0 and ar["p"].value == 1
     assert ar["l"].value == 1 and ar["db"].value == 0 and ar["g"].value == 1 and ar["unusable"].value == 0
     assert bitfields.layout("segment_ar").set_flags(0x10000) == ["unusable"]
-    assert "TSS busy" in (_decoded("segment_ar", 0x8B)["type"].meaning or "")
+    assert "TSS busy" in (_decoded("segment_ar", 0x8B)["system_type"].meaning or "")
+    assert not _decoded("segment_ar", 0x8B)["type"].applies
 
 
 def test_interruption_info_page_fault() -> None:
+    """0x80000B0E is a valid #PF hardware exception with an error code."""
     info = _decoded("interruption_info", 0x80000B0E)
     assert info["vector"].value == 14
     assert info["type"].value == 3 and info["type"].meaning == "hardware exception"
@@ -234,6 +252,7 @@ def test_interruption_info_page_fault() -> None:
 
 
 def test_exit_reason_and_pending_debug() -> None:
+    """Exit-reason flag bits and pending-debug bits decode as in the SDM."""
     reason = _decoded("exit_reason", 0x80000021)
     assert reason["basic"].value == 33 and reason["entry_failure"].value == 1
     lay = bitfields.layout("exit_reason")
@@ -243,6 +262,7 @@ def test_exit_reason_and_pending_debug() -> None:
 
 
 def test_ept_structures_from_the_bochs_lab() -> None:
+    """The lab's EPTP (0x3001E) and 2-MByte PDE (0xB7) decode correctly."""
     eptp = _decoded("eptp", 0x3001E)
     assert eptp["memory_type"].value == 6 and eptp["walk_length_minus_1"].value == 3
     assert eptp["ad_enable"].value == 0 and eptp["pml4_pa"].in_place == 0x30000
@@ -262,6 +282,7 @@ def test_ept_structures_from_the_bochs_lab() -> None:
 
 
 def test_ept_violation_read_with_gla() -> None:
+    """The lab's EPT-violation qualification 0x181 is a read with a valid, translated GLA."""
     lay = bitfields.layout("ept_violation")
     assert lay.set_flags(0x181) == ["read", "gla_valid", "gla_translation"]
     decoded = _decoded("ept_violation", 0x181)
@@ -276,6 +297,7 @@ def test_ept_violation_read_with_gla() -> None:
 
 
 def test_cr_access_qualifications() -> None:
+    """MOV CR, CLTS and LMSW qualifications decode with the right applies_if results."""
     mov_to_cr3 = _decoded("cr_access", 0x3)  # MOV CR3, RAX
     assert mov_to_cr3["cr_number"].meaning == "CR3"
     assert mov_to_cr3["access_type"].meaning == "MOV to CR"
@@ -291,6 +313,7 @@ def test_cr_access_qualifications() -> None:
 
 
 def test_io_and_other_qualifications() -> None:
+    """I/O, task-switch, MOV DR, APIC-access and other qualifications decode as in the SDM."""
     out_imm = _decoded("io_instruction", 0xE90040)  # OUT 0xE9, AL
     assert out_imm["port"].value == 0xE9 and out_imm["size"].meaning == "1 byte"
     assert out_imm["direction"].meaning == "OUT" and out_imm["operand_encoding"].meaning == "immediate"
@@ -313,6 +336,7 @@ def test_io_and_other_qualifications() -> None:
 
 
 def test_instruction_information_layouts() -> None:
+    """Instruction-information layouts decode register and memory operands."""
     # VMREAD RAX, RCX (register form): reg1 = RAX, reg2 = RCX, bit 10 set
     info = _decoded("vmread_vmwrite", (1 << 28) | (1 << 10) | (0 << 3))
     assert info["mem_reg"].meaning == "register" and info["reg1"].applies and info["reg1"].meaning == "RAX"
@@ -341,6 +365,7 @@ def test_instruction_information_layouts() -> None:
 
 
 def test_control_names_unique_per_group() -> None:
+    """Names are unique per group and every name or alias resolves to its own bit."""
     for group in controls.groups():
         names = [bit.name for bit in controls.bits(group)]
         assert len(names) == len(set(names)), group
@@ -356,6 +381,7 @@ def test_control_names_unique_per_group() -> None:
 
 
 def test_controls_fit_their_group() -> None:
+    """Every control bit lies inside its field and is documented."""
     for key, grp in controls.groups().items():
         assert grp.width in (32, 64)
         for bit in controls.bits(key):
@@ -366,6 +392,7 @@ def test_controls_fit_their_group() -> None:
 
 
 def test_default1_classes_match_the_sdm() -> None:
+    """The default1 entries are exactly the SDM Appendix A.2 classes."""
     for group, expected in DEFAULT1.items():
         actual = {bit.bit for bit in controls.bits(group) if bit.default1}
         assert actual == expected, group
@@ -381,6 +408,7 @@ def test_default1_classes_match_the_sdm() -> None:
 
 @pytest.mark.parametrize("linux_name,group,mask", LINUX_MASKS)
 def test_controls_match_linux(linux_name: str, group: str, mask: int) -> None:
+    """Control bits agree with Linux's masks and canonical names drop the Linux prefix."""
     bit = controls.lookup_control(linux_name)
     assert bit.group == group and bit.mask == mask
     prefix = controls.group(group).linux_prefix
@@ -389,6 +417,7 @@ def test_controls_match_linux(linux_name: str, group: str, mask: int) -> None:
 
 
 def test_group_metadata() -> None:
+    """Groups carry the right VMCS field and capability MSR indexes."""
     groups = controls.groups()
     assert list(groups) == ["pin", "proc", "proc2", "proc3", "exit", "exit2", "entry"]
     assert groups["pin"].msr == 0x481 and groups["pin"].true_msr == 0x48D
@@ -403,6 +432,7 @@ def test_group_metadata() -> None:
 
 
 def test_lookup_control_variants() -> None:
+    """lookup_control accepts names, aliases, phrases, numbers and group-qualified names."""
     assert controls.lookup_control("hlt_exiting").bit == 7
     assert controls.lookup_control("Enable EPT").name == "ENABLE_EPT"
     assert controls.lookup_control("IA32_VMX_PROCBASED_CTLS2_UNRESTRICTED_GUEST").bit == 7
@@ -422,6 +452,7 @@ def test_lookup_control_variants() -> None:
 
 
 def test_decode_bochs_lab_primary_controls() -> None:
+    """The lab's primary controls 0x840061F2 decode to HLT exiting + secondary controls."""
     names = [bit.name for bit in controls.decode_controls("proc", 0x840061F2)]
     assert "HLT_EXITING" in names and names[-1] == "ACTIVATE_SECONDARY_CONTROLS"
     real = [bit.name for bit in controls.decode_controls("proc", 0x840061F2) if not bit.reserved]
@@ -436,6 +467,7 @@ def test_decode_bochs_lab_primary_controls() -> None:
 
 
 def test_msr_table_is_consistent() -> None:
+    """Every MSR entry is unique, well typed and refers to existing groups/layouts."""
     seen: Set[int] = set()
     for msr in msrs.all_msrs():
         assert msr.index not in seen
@@ -453,6 +485,7 @@ def test_msr_table_is_consistent() -> None:
 
 
 def test_lookup_msr() -> None:
+    """lookup_msr accepts names, Linux aliases and index numbers."""
     assert msrs.lookup_msr("IA32_VMX_BASIC").index == 0x480
     assert msrs.lookup_msr("msr_ia32_vmx_procbased_ctls2").index == 0x48B
     assert msrs.lookup_msr("0x491").name == "IA32_VMX_VMFUNC"
@@ -466,6 +499,7 @@ def test_lookup_msr() -> None:
 
 
 def test_decode_vmx_basic() -> None:
+    """IA32_VMX_BASIC from the Bochs lab decodes to revision 0x2B, 4 KByte, WB, TRUE controls."""
     result = msrs.decode_msr(0x480, 0x00D810000000002B)
     fields = {item["name"]: item["value"] for item in result["fields"]}
     assert fields["revision_id"] == 0x2B and fields["region_size"] == 0x1000
@@ -480,6 +514,7 @@ def test_decode_vmx_basic() -> None:
 
 
 def test_decode_control_msrs() -> None:
+    """Control capability MSRs split into allowed-0 and allowed-1 settings with control names."""
     sec = msrs.decode_msr(0x48B, 0x02177FFF00000000)
     assert "ENABLE_EPT" in sec["may_be_one"] and "UNRESTRICTED_GUEST" in sec["may_be_one"]
     assert sec["allowed0"] == 0 and sec["allowed1"] == 0x02177FFF and sec["must_be_one"] == []
@@ -496,6 +531,7 @@ def test_decode_control_msrs() -> None:
 
 
 def test_decode_other_msrs() -> None:
+    """Fixed, misc, VMCS-enum, EPT/VPID, feature-control and VMFUNC MSRs decode as in the lab."""
     fixed0 = msrs.decode_msr(0x486, 0x80000021)
     assert fixed0["bits"] == ["pe", "ne", "pg"] and fixed0["register"] == "cr0" and fixed0["fixed"] == "0"
     assert msrs.decode_msr(0x488, 0x2000)["bits"] == ["vmxe"]
@@ -519,6 +555,7 @@ def test_decode_other_msrs() -> None:
 
 
 def test_adjust_controls_reproduces_the_bochs_lab() -> None:
+    """(desired | allowed0) & allowed1 reproduces the lab's control values."""
     assert msrs.adjust_controls(0, 0x0000007F00000016) == 0x16
     assert msrs.adjust_controls(0x80 | 0x80000000, 0xF7F9FFFE04006172) == 0x840061F2
     assert msrs.adjust_controls(0x80, 0xF7F9FFFE04006172) == 0x040061F2
@@ -532,6 +569,7 @@ def test_adjust_controls_reproduces_the_bochs_lab() -> None:
 
 
 def _strings_under(obj: Any, keys: Set[str], inside: bool = False) -> Iterator[str]:
+    """Every string found below one of ``keys`` in a JSON document."""
     if isinstance(obj, dict):
         for key, value in obj.items():
             yield from _strings_under(value, keys, inside or key in keys)
@@ -543,6 +581,7 @@ def _strings_under(obj: Any, keys: Set[str], inside: bool = False) -> Iterator[s
 
 
 def test_exit_reason_layouts_exist() -> None:
+    """Every qualification/instruction-info layout named by exit_reasons.json exists."""
     path = data_path("exit_reasons.json")
     if not os.path.exists(path):
         pytest.skip("exit_reasons.json not present")

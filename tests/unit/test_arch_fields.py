@@ -346,6 +346,32 @@ def test_exit_reason_layout_names() -> None:
             assert name is None or (name.islower() and " " not in name)
 
 
+def _data_file(name: str) -> Path:
+    return Path(vtdbg.arch.__file__).parent / "data" / name
+
+
+def test_referenced_layouts_exist() -> None:
+    """Every qualification / instruction-info / decoder name points at a defined table entry."""
+    bitfields_path = _data_file("bitfields.json")
+    controls_path = _data_file("controls.json")
+    if not bitfields_path.exists() or not controls_path.exists():
+        pytest.skip("bitfields.json / controls.json are not present yet")
+    layouts = set(load_table("bitfields.json")["layouts"])
+    groups = set(load_table("controls.json")["groups"])
+    for reason in exit_reasons.all_exit_reasons():
+        names = [reason.qualification, reason.instruction_info] + [name for _, name in reason.qualification_by_vector]
+        for name in names:
+            assert name is None or name in layouts, "exit reason %d: no layout %s" % (reason.number, name)
+    dispatchers = {"exit_qualification", "instruction_info", "vm_instruction_error"}
+    for field in fields.all_fields():
+        if field.decoder is None or field.decoder in dispatchers:
+            continue
+        if field.decoder.startswith("controls:"):
+            assert field.decoder.split(":", 1)[1] in groups, field.name
+        else:
+            assert field.decoder in layouts, field.name
+
+
 # ---------------------------------------------------------------- VM-instruction errors
 
 

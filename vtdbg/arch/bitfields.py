@@ -136,6 +136,8 @@ class BitLayout:
     sdm: str
     width: int
     fields: Tuple[BitField, ...]
+    #: reserved bits that always read as 1 (RFLAGS bit 1): not flagged as "reserved set"
+    fixed1: int = 0
 
     @property
     def value_mask(self) -> int:
@@ -186,6 +188,11 @@ class BitLayout:
         """Bits of ``value`` set in reserved positions (or beyond ``width``)."""
         return value & ~self.defined_mask()
 
+    def reserved_violations(self, value: int) -> int:
+        """Reserved bits that differ from their architectural value: set reserved-zero bits,
+        plus clear ``fixed1`` bits."""
+        return (value & self.reserved_mask() & ~self.fixed1) | (~value & self.fixed1)
+
     def compose(self, **fields: int) -> int:
         """Build a value from raw field values given by name."""
         value = 0
@@ -195,6 +202,7 @@ class BitLayout:
 
 
 def _build_field(raw: Mapping[str, Any]) -> BitField:
+    """A BitField from one JSON field entry (hex or decimal keys accepted)."""
     values = {as_int(k): str(v) for k, v in dict(raw.get("values") or {}).items()}
     applies = {
         str(name): tuple(as_int(v) for v in allowed)
@@ -217,6 +225,7 @@ def _build_field(raw: Mapping[str, Any]) -> BitField:
 
 @functools.lru_cache(maxsize=None)
 def _layouts() -> Dict[str, BitLayout]:
+    """Parse ``bitfields.json`` once; fields are sorted by lowest bit."""
     table = load_table(_TABLE)
     out = {}
     for name, raw in table["layouts"].items():
@@ -227,6 +236,7 @@ def _layouts() -> Dict[str, BitLayout]:
             sdm=str(raw.get("sdm", "")),
             width=as_int(raw.get("width", 64)),
             fields=fields,
+            fixed1=as_int(raw.get("fixed1", 0)),
         )
     return out
 

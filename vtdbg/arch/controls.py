@@ -62,6 +62,7 @@ class AmbiguousNameError(UnknownNameError):
     """
 
     def __init__(self, kind: str, text: object, suggestions: Sequence[str] = ()) -> None:
+        """Record the candidates and phrase the message as an ambiguity, not a miss."""
         super().__init__(kind, text, suggestions)
         self.message = "ambiguous %s %r; qualify it with a group: %s" % (kind, text, ", ".join(self.suggestions))
 
@@ -119,11 +120,14 @@ def _norm(text: str) -> str:
 
 
 def _opt_int(value: Any) -> Optional[int]:
+    """``as_int(value)``, or None for a JSON null."""
     return None if value is None else as_int(value)
 
 
 @dataclass(frozen=True)
 class _Tables:
+    """The parsed table plus the lookup indexes built from it."""
+
     groups: Dict[str, ControlGroup]
     bits: Tuple[ControlBit, ...]
     by_group: Dict[str, Dict[int, ControlBit]]
@@ -134,6 +138,7 @@ class _Tables:
 
 @functools.lru_cache(maxsize=None)
 def _tables() -> _Tables:
+    """Parse ``controls.json`` once and build the per-group and global name indexes."""
     table = load_table(_TABLE)
     prefixes: Mapping[str, str] = table.get("linux_prefixes", {})
     groups: Dict[str, ControlGroup] = {}
@@ -208,6 +213,7 @@ def group(name: str) -> ControlGroup:
 
 
 def _resolve_group(name: str) -> ControlGroup:
+    """Implementation of :func:`group` (usable where a parameter shadows that name)."""
     tables = _tables()
     text = name.strip()
     if text.lower() in tables.groups:
@@ -239,6 +245,7 @@ def _parse_bit_number(text: str) -> Optional[int]:
 
 
 def _candidates(group: Optional[str] = None) -> List[str]:
+    """Names and aliases offered as suggestions after a failed lookup."""
     items = bits(group)
     return [item.name for item in items] + [alias for item in items for alias in item.aliases]
 

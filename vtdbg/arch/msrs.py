@@ -65,11 +65,13 @@ class VmxMsr:
 
 
 def _norm(text: str) -> str:
+    """Lookup key: upper case with runs of punctuation folded to ``_``."""
     return re.sub(r"[^A-Z0-9]+", "_", text.strip().upper()).strip("_")
 
 
 @functools.lru_cache(maxsize=None)
 def _msrs() -> Tuple[Tuple[VmxMsr, ...], Dict[int, VmxMsr], Dict[str, VmxMsr]]:
+    """Parse ``vmx_msrs.json`` once: (all MSRs by index, index map, name/alias map)."""
     table = load_table(_TABLE)
     items = []
     for raw in table["msrs"]:
@@ -153,6 +155,7 @@ def adjust_controls(desired: int, msr_value: int, wide: bool = False) -> int:
 
 
 def _fields(lay: BitLayout, value: int) -> List[Dict[str, Any]]:
+    """JSON-ready field list of a bitfield decode."""
     out = []
     for item in lay.decode(value):
         entry: Dict[str, Any] = {
@@ -171,6 +174,7 @@ def _fields(lay: BitLayout, value: int) -> List[Dict[str, Any]]:
 
 
 def _names(group: str, mask: int) -> List[str]:
+    """Names of the control bits of ``group`` set in ``mask``."""
     return [bit.name for bit in _controls.decode_controls(group, mask)]
 
 

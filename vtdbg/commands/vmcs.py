@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional
 from vtdbg.arch.fields import VmcsField, all_fields, lookup_field
 from vtdbg.commands.registry import COMMANDS, Context, arguments, command
 from vtdbg.commands.result import Block, Heading, KeyValues, Link, Result, Table, Text, hex_value
-from vtdbg.core.describe import describe
+from vtdbg.core.describe import describe, describe_access_rights
 from vtdbg.core.locate import find_vmcs
 from vtdbg.core.vmcs import Vmcs, header_of, read_vmcs
 from vtdbg.lib.errors import UsageError, VtdbgError
@@ -58,7 +58,7 @@ def _segment_table(vmcs: Vmcs) -> Optional[Table]:
         ar = vmcs.get("GUEST_%s_AR_BYTES" % seg)
         if sel is None and base is None and limit is None and ar is None:
             continue
-        meaning = describe(lookup_field("GUEST_%s_AR_BYTES" % seg), ar) if ar is not None else ""
+        meaning = describe_access_rights(ar) if ar is not None else ""
         rows.append([seg, hex_value(sel, 4), hex_value(base, 16), hex_value(limit, 8), hex_value(ar, 5), meaning])
     for table in ("GDTR", "IDTR"):
         base = vmcs.get("GUEST_%s_BASE" % table)

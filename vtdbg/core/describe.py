@@ -23,22 +23,25 @@ def decode_bits(layout_name: str, value: int) -> List[str]:
     for item in layout.decode(value):
         if not item.applies:
             continue
-        if item.field.width == 1:
+        if item.field.width == 1 and not item.field.values:
             if item.value:
                 words.append(item.field.name)
         elif item.meaning is not None:
             words.append("%s=%s" % (item.field.name, item.meaning))
+        elif item.field.format == "address":
+            words.append("%s=0x%x" % (item.field.name, item.in_place))
         elif item.value:
-            words.append("%s=0x%x" % (item.field.name, item.value))
-    reserved = value & layout.reserved_mask()
-    if reserved:
-        words.append("reserved=0x%x" % reserved)
+            words.append("%s=%s" % (item.field.name, item.value if item.field.format == "dec" else hex(item.value)))
+    wrong = layout.reserved_violations(value)
+    if wrong:
+        words.append("RESERVED-BITS=0x%x" % wrong)
     return words
 
 
 def describe_controls(group: str, value: int) -> List[str]:
     """Names of the set control bits, plus any set bit the SDM does not define."""
-    words = [bit.name for bit in controls.decode_controls(group, value)]
+    # default1 placeholders (reserved bits that must be 1) are noise in a listing
+    words = [bit.name for bit in controls.decode_controls(group, value) if not bit.reserved]
     unknown = controls.unknown_bits(group, value)
     if unknown:
         words.append("undefined=0x%x" % unknown)
@@ -105,4 +108,24 @@ def describe(field: VmcsField, value: int, values: Optional[Dict[int, int]] = No
             words = decode_bits(decoder, value)
     except KeyError:
         return ""
+    return " ".join(words)
+
+
+def describe_access_rights(value: int) -> str:
+    """A compact segment access-rights summary: type meaning, DPL and the set flags
+    (``unusable`` alone when bit 16 says the register is unusable)."""
+    decoded = {d.field.name: d for d in bitfields.layout("segment_ar").decode(value)}
+    if decoded.get("unusable") is not None and decoded["unusable"].value:
+        return "unusable"
+    words = []
+    for name in ("type", "system_type"):
+        item = decoded.get(name)
+        if item is not None and item.applies and item.meaning:
+            words.append(item.meaning)
+    if "dpl" in decoded:
+        words.append("dpl=%d" % decoded["dpl"].value)
+    words.extend(name for name in ("p", "avl", "l", "db", "g") if name in decoded and decoded[name].value)
+    wrong = bitfields.layout("segment_ar").reserved_violations(value)
+    if wrong:
+        words.append("RESERVED-BITS=0x%x" % wrong)
     return " ".join(words)

@@ -57,7 +57,7 @@ class FileMap:
             raise TargetError("cannot map %s: %s" % (path, exc)) from None
 
     @classmethod
-    def from_bytes(cls, data: bytes, name: str) -> "FileMap":
+    def from_bytes(cls, data: bytes, name: str) -> FileMap:
         """The same interface over ``data`` (no file behind it)."""
         if not data:
             raise TargetError("%s is empty" % name)
@@ -93,12 +93,13 @@ def normalise_runs(runs: Iterable[Run], file_size: int, warnings: List[str], wha
     """
     out: List[Run] = []
     clipped = 0
+    repeats = 0
+    beyond = 0
     for run in sorted(runs, key=lambda r: (r.pa, r.file_offset)):
         if run.length <= 0:
             continue
         if run.pa < 0 or run.pa + run.length > MAX_PA:
-            warnings.append("%s at PA 0x%x (0x%x bytes) is beyond 52-bit physical memory; ignored"
-                            % (what, run.pa, run.length))
+            beyond += 1
             continue
         length = run.length
         if run.file_offset >= file_size:
@@ -114,15 +115,17 @@ def normalise_runs(runs: Iterable[Run], file_size: int, warnings: List[str], wha
                 continue
         if out and run.pa < out[-1].pa + out[-1].length:
             overlap_end = out[-1].pa + out[-1].length
+            repeats += 1
             if run.pa + length <= overlap_end:
-                warnings.append("%s at PA 0x%x repeats memory already mapped; ignored" % (what, run.pa))
                 continue
             cut = overlap_end - run.pa
-            warnings.append("%s at PA 0x%x overlaps the previous one; the overlapping 0x%x bytes are ignored"
-                            % (what, run.pa, cut))
             run = Run(overlap_end, length - cut, run.file_offset + cut)
             length = run.length
         out.append(Run(run.pa, length, run.file_offset))
+    if beyond:
+        warnings.append("%d %s(s) lie beyond 52-bit physical memory; ignored" % (beyond, what))
+    if repeats:
+        warnings.append("%d %s(s) overlap memory already mapped (first copy kept)" % (repeats, what))
     if clipped:
         warnings.append("the file is truncated: 0x%x bytes of memory the header describes are missing" % clipped)
     return out

@@ -1,0 +1,1 @@
+"""Helpers shared by tests: lab memory images and writers for every dump format."""
