@@ -22,7 +22,7 @@ def data_path(name: str) -> str:
 @functools.lru_cache(maxsize=None)
 def load_table(name: str) -> Any:
     """Parse ``vtdbg/arch/data/<name>`` once and cache it (treat the result as read-only)."""
-    with open(data_path(name), "r", encoding="utf-8") as handle:
+    with open(data_path(name), encoding="utf-8") as handle:
         return json.load(handle)
 
 

@@ -207,9 +207,12 @@ def vmxon_cmd(ctx: Context, args: argparse.Namespace) -> Result:
     doc = {"pa": pa, "revision_id": header["revision_id"], "shadow_bit": bool(header["shadow"]),
            "nonzero_bytes_after_revision": nonzero}
     result = Result(doc)
-    pairs: List[List[Any]] = [["VMXON", Link(hex_value(pa), "phys", pa)], ["revision id", "0x%x" % header["revision_id"]],
-             ["bit 31", "set: VMXON fails with VMfailInvalid (must be 0)" if header["shadow"] else "clear (as required)"],
-             ["other bytes", "%d non-zero (the rest of the region is implementation-specific)" % nonzero]]
+    bit31 = "set: VMXON fails with VMfailInvalid (must be 0)" if header["shadow"] else "clear (as required)"
+    pairs: List[List[Any]] = [
+        ["VMXON", Link(hex_value(pa), "phys", pa)],
+        ["revision id", "0x%x" % header["revision_id"]],
+        ["bit 31", bit31],
+        ["other bytes", "%d non-zero (the rest of the region is implementation-specific)" % nonzero]]
     result.add(KeyValues(pairs))
     if header["shadow"]:
         result.warnings.append("bit 31 of the VMXON region's first dword must be 0")
