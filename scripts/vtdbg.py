@@ -9,8 +9,9 @@ import sys
 
 
 def _main() -> int:
-    here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    # `!py` runs this file's text in a fresh __main__ without __file__; argv[0] is its path
+    here = os.path.dirname(os.path.realpath(globals().get("__file__") or sys.argv[0]))
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != here]
     sys.modules.pop("vtdbg", None)  # this file may have been imported under the name vtdbg
     from vtdbg.frontends.cli import main
 

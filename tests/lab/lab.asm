@@ -8,40 +8,54 @@
 ;   3. the main run: a 64-bit guest with EPT that provokes a list of VM exits,
 ;   4. ground truth (F / MSR / INFO lines on port 0xE9), magic breakpoints,
 ;      VMCLEAR, VMXOFF.
-; Build: nasm -f bin lab.asm -o lab.img   (1.44 MB floppy image)
-; Output protocol: see tests/lab/run.py (parse_output).
+;   With -DSMP (two CPUs) the scenarios are skipped and, before step 3, the
+;   BSP starts the AP (INIT-SIPI-SIPI), which does its own VMXON/VMCS/VMLAUNCH.
+; Build: nasm -f bin [-DSMP] lab.asm -o lab.img   (1.44 MB floppy image)
+; Output protocol: see tests/lab/run.py (parse_output); memory layout:
+; tests/fixtures/lab/README.md.
+; Bochs 2.7 notes: the external-interrupt exit only happens with guest
+; RFLAGS.IF = 1 (the guest executes STI first), although the SDM says IF does
+; not block external interrupts when external-interrupt exiting is 1.
 ; =============================================================================
 
 ; ---------------------------------------------------------------- layout ----
-%define TSS_PA          0x00001000
 %define HOST_IDT_PA     0x00002000
+%define HOST_PML4_PA    0x00010000
+%define HOST_PDPT_PA    0x00011000
+%define HOST_PD_PA      0x00012000      ; GiB 0 (GiB 1..3 at HOST_PD_HI_PA)
+%define GUEST_PML4_PA   0x00013000
+%define TSS_PA          0x00015000
+%define HOST_PD_HI_PA   0x00016000      ; 3 pages: GiB 1..3 (local APIC at 0xFEE00000)
+%define GUEST_PDPT_PA   0x00019000
+%define GUEST_PD_PA     0x0001A000
 %define VMXON_PA        0x00020000
 %define VMCS_PA         0x00021000
 %define MSR_BITMAP_PA   0x00022000
 %define IO_BITMAP_A_PA  0x00023000
 %define IO_BITMAP_B_PA  0x00024000
-%define INFO_PA         0x00025000
 %define EXIT_LOG_PA     0x00026000
 %define MSR_AREA_PA     0x00027000
 %define GREGS_PA        0x00028000
 %define SCEN_RES_PA     0x00028800
 %define MSR_TABLE_PA    0x00029000
 %define PROBE_VMCS_PA   0x0002F000
-%define HOST_PML4_PA    0x00030000
-%define HOST_PDPT_PA    0x00031000
-%define HOST_PD_PA      0x00032000
-%define GUEST_PML4_PA   0x00036000
-%define GUEST_PDPT_PA   0x00037000
-%define GUEST_PD_PA     0x00038000
+%define EPT_PML4_PA     0x00030000
+%define EPT_PDPT_PA     0x00031000
+%define EPT_PD_PA       0x00032000
+%define VAPIC_PA        0x00033000
 %define BAD_LINK_PA     0x0003E000
-%define EPT_PML4_PA     0x00040000
-%define EPT_PDPT_PA     0x00041000
-%define EPT_PD_PA       0x00042000
-%define VAPIC_PA        0x00043000
-%define GUEST_STACK_TOP 0x00058000
-%define SCEN_STACK_TOP  0x0005C000
-%define EXIT_STACK_TOP  0x0005E000
-%define HOST_STACK_TOP  0x00060000
+%define INFO_PA         0x0003F000
+%define SCEN_STACK_TOP  0x00058000
+%define GUEST_STACK_TOP 0x00060000
+%define HOST_STACK_TOP  0x00068000
+%define EXIT_STACK_TOP  0x00070000
+%define AP_TRAMP_PA     0x00001000      ; SMP: AP start-up trampoline (SIPI vector 0x01)
+%define AP_VMXON_PA     0x0002A000      ; SMP: the AP's VMXON region
+%define AP_VMCS_PA      0x0002B000      ; SMP: the AP's VMCS
+%define AP_EXIT_LOG_PA  0x0002C000
+%define AP_STACK_TOP    0x0004C000
+%define AP_EXIT_STACK   0x00050000
+%define AP_GUEST_STACK  0x00054000
 %define SCEN_VMCS_BASE  0x00100000
 %define SCEN_SAVE_BASE  0x00140000
 %define PROBE_TABLE_PA  0x00180000
@@ -91,6 +105,11 @@
 %define INFO_EPT_PML4   0x108
 %define INFO_HOST_PML4  0x110
 %define INFO_STATE      0x118
+%define INFO_CPUS       0x120
+%define INFO_AP_VMXON   0x128
+%define INFO_AP_VMCS    0x130
+%define INFO_AP_EXITS   0x138
+%define INFO_AP_STATE   0x140
 
 ; feature bits (INFO_FEATURES), tested by the guest before each provoked exit
 %define F_MSR           (1 << 0)
@@ -247,8 +266,12 @@ gdt:
         dq      0x00AF9B000000FFFF      ; 0x08 64-bit code
         dq      0x00CF93000000FFFF      ; 0x10 data
         dq      0x00CF9B000000FFFF      ; 0x18 32-bit code
-        dq      0x0000890010000067      ; 0x20 64-bit TSS at TSS_PA, limit 0x67
+        dq      0x0000890150000067      ; 0x20 64-bit TSS at TSS_PA (0x15000), limit 0x67
         dq      0
+%ifdef SMP
+        dq      0x0000890151000067      ; 0x30 the AP's TSS at TSS_PA + 0x100
+        dq      0
+%endif
 gdt_end:
 gdt_desc:
         dw      gdt_end - gdt - 1
@@ -271,30 +294,34 @@ pm32:
         mov     gs, ax
         mov     esp, 0x7C00
         xor     eax, eax
-        mov     edi, TSS_PA
-        mov     ecx, 0x2000 / 4
+        mov     edi, HOST_IDT_PA
+        mov     ecx, 0x1000 / 4
         rep     stosd
-        mov     edi, VMXON_PA
-        mov     ecx, (HOST_STACK_TOP - VMXON_PA) / 4
+        mov     edi, HOST_PML4_PA
+        mov     ecx, (EXIT_STACK_TOP - HOST_PML4_PA) / 4
         rep     stosd
-        ; host paging: PML4 -> PDPT -> 4 PDs of 2 MiB pages = 4 GiB identity
+        ; host paging: PML4 -> PDPT -> PDs of 2 MiB pages = 4 GiB identity
+        ; (GiB 0 at HOST_PD_PA, GiB 1..3 at HOST_PD_HI_PA)
         mov     dword [HOST_PML4_PA], HOST_PDPT_PA | 3
-        mov     edi, HOST_PDPT_PA
-        mov     eax, HOST_PD_PA | 3
-        mov     ecx, 4
-.pdpt:
-        mov     [edi], eax
-        add     eax, 0x1000
-        add     edi, 8
-        loop    .pdpt
+        mov     dword [HOST_PDPT_PA], HOST_PD_PA | 3
+        mov     dword [HOST_PDPT_PA + 8], (HOST_PD_HI_PA + 0x0000) | 3
+        mov     dword [HOST_PDPT_PA + 16], (HOST_PD_HI_PA + 0x1000) | 3
+        mov     dword [HOST_PDPT_PA + 24], (HOST_PD_HI_PA + 0x2000) | 3
         mov     edi, HOST_PD_PA
         mov     eax, 0x83
-        mov     ecx, 2048
-.pd:
+        mov     ecx, 512
+.pd0:
         mov     [edi], eax
         add     eax, 0x200000
         add     edi, 8
-        loop    .pd
+        loop    .pd0
+        mov     edi, HOST_PD_HI_PA
+        mov     ecx, 1536
+.pd1:
+        mov     [edi], eax
+        add     eax, 0x200000
+        add     edi, 8
+        loop    .pd1
         mov     eax, HOST_PML4_PA
         mov     cr3, eax
         mov     eax, cr4
@@ -1075,6 +1102,9 @@ run_scenarios:
         mov     qword [rel scen_index], 0
         lea     rax, [rel scen_list]
         mov     [rel scen_rec], rax
+%ifdef SMP
+        jmp     .done                           ; the 2-CPU variant skips the scenarios
+%endif
 .next:
         mov     rsp, HOST_STACK_TOP
         mov     rbx, [rel scen_rec]
@@ -1171,6 +1201,15 @@ run_scenarios:
         lea     rsi, [rel str_sf]
         mov     r13, [rel scen_id]
         call    scan_print
+        ; marker in bochs.log: a failing VMREAD of encoding 0x1000 + index on the
+        ; probe VMCS (the scenario VMCS itself is not touched)
+        vmptrld [rel probe_ptr]
+        jbe     .vmcs_fail
+        mov     rdx, [rel scen_index]
+        or      edx, 0x1000
+        vmread  rax, rdx
+        vmptrld [rel scen_ptr]
+        jbe     .vmcs_fail
         mov     rbx, [rel scen_rec]
         mov     rbx, [rbx + 16]
         test    rbx, FL_VMCLEAR
@@ -1219,6 +1258,15 @@ run_scenarios:
         PRINT   `SCENARIOS done count=`
         PHEX    rax, 2
         call    newline
+        vmptrld [rel probe_ptr]                 ; end marker in bochs.log
+        jbe     .vmcs_fail
+        mov     edx, 0x1000 | MAX_SCEN
+        vmread  rax, rdx
+        vmclear [rel probe_ptr]
+        mov     qword [INFO_PA + INFO_CPUS], 1
+%ifdef SMP
+        call    start_ap
+%endif
         jmp     main_run
 
 ; HOST_RIP of every scenario VMCS: a VM-entry failure, or an exit of a guest
@@ -1712,24 +1760,7 @@ exit_handler:
         mov     [rel cur_rec], rdi
         PRINT   `EXIT `
         PHEX    rax, 2
-        lea     rsi, [rel exit_fields]
-        mov     rbx, rdi
-.field:
-        movzx   edx, word [rsi]
-        test    edx, edx
-        jz      .fields_done
-        add     rsi, 2
-        call    vmr_safe
-        mov     [rbx], rax
-        add     rbx, 8
-        PCHAR   ' '
-        call    puts
-        PCHAR   '='
-        PHEX    rax, 16
-        call    strend
-        jmp     .field
-.fields_done:
-        call    newline
+        call    log_exit_fields
         mov     rdi, [rel cur_rec]
         mov     eax, [rdi]                      ; exit reason
         movzx   ebx, ax
@@ -1810,6 +1841,31 @@ exit_handler:
 .unexpected:
         PRINT   `UNEXPECTED EXIT\n`
         jmp     fatal
+
+log_exit_fields:                                ; VMREAD the exit fields into [rdi], print " k=v"... NL
+        push    rbx
+        push    rsi
+        lea     rsi, [rel exit_fields]
+        mov     rbx, rdi
+.field:
+        movzx   edx, word [rsi]
+        test    edx, edx
+        jz      .done
+        add     rsi, 2
+        call    vmr_safe
+        mov     [rbx], rax
+        add     rbx, 8
+        PCHAR   ' '
+        call    puts
+        PCHAR   '='
+        PHEX    rax, 16
+        call    strend
+        jmp     .field
+.done:
+        call    newline
+        pop     rsi
+        pop     rbx
+        ret
 
 advance_rip:                                    ; GUEST_RIP += ecx
         push    rcx
@@ -1899,6 +1955,192 @@ all_done:
         hlt
         jmp     .halt
 
+%ifdef SMP
+; ================================================================ SMP ========
+; The BSP wakes the AP with INIT-SIPI-SIPI.  The AP enters long mode on the
+; BSP's page tables, does its own VMXON and VMCS, launches a guest that exits
+; with CPUID and VMCALL, prints its ground truth (AP/AF lines) and parks in
+; VMX root operation with its VMCS current and launched.  The BSP waits for
+; it before printing anything else, so the two never interleave on port 0xE9.
+start_ap:
+        lea     rsi, [rel ap_tramp]
+        mov     rdi, AP_TRAMP_PA
+        mov     ecx, ap_tramp_end - ap_tramp
+        rep     movsb
+        mov     qword [INFO_PA + INFO_AP_STATE], 0
+        mov     qword [INFO_PA + INFO_AP_VMXON], AP_VMXON_PA
+        mov     qword [INFO_PA + INFO_AP_VMCS], AP_VMCS_PA
+        mov     rbx, LAPIC_PA
+        mov     dword [rbx + 0x310], 0
+        mov     dword [rbx + 0x300], 0x000C4500                 ; INIT, all excluding self
+        call    ap_delay
+        mov     dword [rbx + 0x300], 0x000C4600 | (AP_TRAMP_PA >> 12)  ; SIPI
+        call    ap_delay
+        mov     dword [rbx + 0x300], 0x000C4600 | (AP_TRAMP_PA >> 12)  ; SIPI
+        mov     ecx, 50000000
+.wait:
+        pause
+        cmp     qword [INFO_PA + INFO_AP_STATE], 3
+        jae     .done
+        dec     ecx
+        jnz     .wait
+        PRINT   `AP TIMEOUT\n`
+        ret
+.done:
+        mov     qword [INFO_PA + INFO_CPUS], 2
+        PRINT   `AP done\n`
+        ret
+
+ap_delay:
+        push    rcx
+        mov     ecx, 100000
+.l:
+        pause
+        loop    .l
+        pop     rcx
+        ret
+
+        bits    16
+ap_tramp:                                       ; copied to AP_TRAMP_PA, runs at 0100:0000
+        cli
+        xor     ax, ax
+        mov     ds, ax
+        lgdt    [gdt_desc]
+        mov     eax, cr0
+        or      eax, 1
+        mov     cr0, eax
+        jmp     dword 0x18:ap_pm32
+ap_tramp_end:
+
+        bits    32
+ap_pm32:
+        mov     ax, 0x10
+        mov     ds, ax
+        mov     es, ax
+        mov     ss, ax
+        mov     fs, ax
+        mov     gs, ax
+        mov     esp, AP_STACK_TOP
+        mov     eax, HOST_PML4_PA
+        mov     cr3, eax
+        mov     eax, cr4
+        or      eax, 0x20
+        mov     cr4, eax
+        mov     ecx, 0xC0000080
+        rdmsr
+        or      eax, 0x100
+        wrmsr
+        mov     eax, cr0
+        or      eax, 0x80000000
+        mov     cr0, eax
+        jmp     0x08:ap_lm64
+
+        bits    64
+ap_lm64:
+        mov     ax, 0x10
+        mov     ds, ax
+        mov     es, ax
+        mov     ss, ax
+        mov     fs, ax
+        mov     gs, ax
+        mov     rsp, AP_STACK_TOP
+        lgdt    [rel gdt_desc64]
+        mov     ax, 0x30
+        ltr     ax
+        lidt    [rel idt_desc]
+        mov     qword [INFO_PA + INFO_AP_STATE], 1
+        mov     ecx, 0x3A
+        call    rdmsr64
+        test    eax, 1
+        jnz     .locked
+        or      eax, 5
+        xor     edx, edx
+        wrmsr
+.locked:
+        mov     rax, cr0
+        or      rax, [rel cr0_fixed0]
+        and     rax, [rel cr0_fixed1]
+        mov     cr0, rax
+        mov     rax, cr4
+        or      rax, 0x2000
+        or      rax, [rel cr4_fixed0]
+        and     rax, [rel cr4_fixed1]
+        mov     cr4, rax
+        mov     eax, [rel revision]
+        mov     [AP_VMXON_PA], eax
+        mov     [AP_VMCS_PA], eax
+        vmxon   [rel ap_vmxon_ptr]
+        jbe     .fail
+        vmclear [rel ap_vmcs_ptr]
+        jbe     .fail
+        vmptrld [rel ap_vmcs_ptr]
+        jbe     .fail
+        call    setup_baseline
+        VMW     0x0C0C, 0x30
+        VMW     0x6C0A, TSS_PA + 0x100
+        VMW     0x6C14, AP_EXIT_STACK
+        VMW     0x6C16, ap_exit_handler
+        VMW     0x681C, AP_GUEST_STACK
+        VMW     0x681E, ap_guest
+        mov     qword [INFO_PA + INFO_AP_STATE], 2
+        PRINT   `AP VMLAUNCH\n`
+        vmlaunch
+.fail:
+        PRINT   `AP FAIL\n`
+        mov     qword [INFO_PA + INFO_AP_STATE], 4
+        jmp     ap_park
+
+ap_guest:
+        xor     eax, eax
+        cpuid                                   ; CPUID (10)
+        mov     eax, 0xA9
+        vmcall                                  ; VMCALL (18): the AP's last exit
+.spin:
+        pause
+        jmp     .spin
+
+ap_exit_handler:
+        mov     rax, [INFO_PA + INFO_AP_EXITS]
+        inc     rax
+        mov     [INFO_PA + INFO_AP_EXITS], rax
+        lea     rdi, [rax - 1]
+        shl     rdi, 7
+        add     rdi, AP_EXIT_LOG_PA
+        PRINT   `AP EXIT `
+        PHEX    rax, 2
+        call    log_exit_fields
+        mov     eax, [rdi]
+        cmp     ax, 10
+        je      .cpuid
+        cmp     ax, 18
+        je      .done
+        PRINT   `AP UNEXPECTED EXIT\n`
+        mov     qword [INFO_PA + INFO_AP_STATE], 4
+        jmp     ap_park
+.cpuid:
+        mov     ecx, [rdi + 0x18]
+        call    advance_rip
+        vmresume
+        PRINT   `AP VMRESUME FAIL\n`
+        mov     qword [INFO_PA + INFO_AP_STATE], 4
+        jmp     ap_park
+.done:
+        lea     rsi, [rel str_af]
+        xor     r13d, r13d
+        call    scan_print
+        PRINT   `AP GT END\n`
+        mov     qword [INFO_PA + INFO_AP_STATE], 3
+ap_park:                                        ; VMX root, VMCS current and launched
+        cli
+        hlt
+        jmp     ap_park
+
+str_af:         db 'AF ', 0
+        align   8
+ap_vmxon_ptr:   dq AP_VMXON_PA
+ap_vmcs_ptr:    dq AP_VMCS_PA
+%endif
+
 ; ------------------------------------------------------------ data ----------
 str_f:          db 'F ', 0
 str_sf:         db 'SF ', 0
@@ -1949,7 +2191,7 @@ scen_qual:      dq 0
 
 image_end:
 LOAD_SECTORS    equ (image_end - $$ + 511) / 512 - 1
-%if (image_end - $$) > (VMXON_PA - 0x7C00)
+%if (image_end - $$) > (HOST_PML4_PA - 0x7C00)
 %error "image too large for the load area"
 %endif
         times   1474560 - ($ - $$) db 0

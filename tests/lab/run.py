@@ -29,6 +29,9 @@ Output protocol of the lab (one record per line, hex without ``0x``)::
     MSR <index> <value>
     INFO <key> <value>
     GT END
+    AP EXIT <n> ... / AF <enc> <value> / AP GT END    two-CPU variant: the AP's exits and VMREAD
+
+Memory layout and fixture format: tests/fixtures/lab/README.md.
 """
 
 from __future__ import annotations
@@ -55,15 +58,22 @@ FIXTURES_ROOT = REPO_ROOT / "tests" / "fixtures" / "lab"
 #: CPU models the lab supports (all have VMX with EPT in Bochs 2.7).
 MODELS: Tuple[str, ...] = ("corei7_skylake_x", "tigerlake", "corei7_haswell_4770")
 
+#: Two-CPU variants: "<bochs model>_2cpu" boots the lab built with -DSMP on
+#: ``cpu: count=2``; the AP does its own VMXON/VMCS/VMLAUNCH (see lab.asm).
+SMP_SUFFIX = "_2cpu"
+SMP_MODELS: Tuple[str, ...] = ("corei7_skylake_x_2cpu",)
+
 #: Must match MAX_STOPS in lab.asm: debugger stops consumed after BREAK 0.
 MAX_STOPS = 32
 
 # Physical layout (must match lab.asm).
 VMXON_PA = 0x20000
 VMCS_PA = 0x21000
-INFO_PA = 0x25000
+AP_VMXON_PA = 0x2A000
+AP_VMCS_PA = 0x2B000
+INFO_PA = 0x3F000
 EXIT_LOG_PA = 0x26000
-EPT_PML4_PA = 0x40000
+EPT_PML4_PA = 0x30000
 SCEN_VMCS_BASE = 0x100000
 SCEN_SAVE_BASE = 0x140000
 PROBE_TABLE_PA = 0x180000
@@ -245,7 +255,14 @@ def bochsrc_text(model: str, image: Path, log: Path, cpus: int = 1) -> str:
     return BOCHSRC_TEMPLATE.format(model=model, cpus=cpus, mem=GUEST_MEMORY_MIB, image=image, log=log)
 
 
-def script_text(out_dir: Path, max_stops: int = MAX_STOPS) -> str:
+def split_model(model: str) -> Tuple[str, int]:
+    """Return (Bochs CPU model, CPU count) for a lab model name."""
+    if model.endswith(SMP_SUFFIX):
+        return model[: -len(SMP_SUFFIX)], 2
+    return model, 1
+
+
+def script_text(out_dir: Path, max_stops: int = MAX_STOPS, cpus: int = 1) -> str:
     """Return the Bochs debugger script.
 
     BREAK 0 sits right before the main VMLAUNCH.  From there ``vmexitbp`` makes
@@ -266,6 +283,14 @@ def script_text(out_dir: Path, max_stops: int = MAX_STOPS) -> str:
         f'writemem "{out_dir}/info.bin" {INFO_PA:#x} 4096',
         'show "cpu0.VMX"',
         "creg",
+    ]
+    if cpus > 1:
+        lines += [
+            f'writemem "{out_dir}/ap_vmxon.bin" {AP_VMXON_PA:#x} 4096',
+            f'writemem "{out_dir}/ap_vmcs.bin" {AP_VMCS_PA:#x} 4096',
+            'show "cpu1.VMX"',
+        ]
+    lines += [
         "c",
         f'writemem "{out_dir}/vmcs_after_vmclear.bin" {VMCS_PA:#x} 4096',
         "c",
@@ -280,9 +305,11 @@ def run_lab(
     out_dir: Path,
     timeout: float = 120.0,
     image: Optional[Path] = None,
-    cpus: int = 1,
 ) -> LabRun:
     """Build (unless ``image`` is given) and run the lab on ``model``; parse the results.
+
+    ``model`` is a Bochs CPU model name, or ``<model>_2cpu`` for the two-CPU
+    variant (then ``image`` must have been built with ``defines=("SMP",)``).
 
     ``out_dir`` receives lab.img, lab.bxrc, dump.rc, run.txt, stderr.txt,
     bochs.log, stops/NN.bin (VMCS page at each debugger stop), exits/NN.vmcs.bin
@@ -296,12 +323,13 @@ def run_lab(
         if (out_dir / sub).exists():
             shutil.rmtree(out_dir / sub)
         (out_dir / sub).mkdir()
+    cpu_model, cpus = split_model(model)
     if image is None:
-        image = build_image(out_dir)
+        image = build_image(out_dir, defines=("SMP",) if cpus > 1 else ())
     rc_file = out_dir / "lab.bxrc"
-    rc_file.write_text(bochsrc_text(model, image.resolve(), out_dir / "bochs.log", cpus))
+    rc_file.write_text(bochsrc_text(cpu_model, image.resolve(), out_dir / "bochs.log", cpus))
     script = out_dir / "dump.rc"
-    script.write_text(script_text(out_dir))
+    script.write_text(script_text(out_dir, cpus=cpus))
     cmd = [unshare, "-n", bochs, "-q", "-f", str(rc_file), "-rc", str(script)]
     start = time.monotonic()
     try:
@@ -321,8 +349,15 @@ def run_lab(
     if proc.returncode != 0:
         raise LabError(f"bochs exited with {proc.returncode} on {model}; see {out_dir}/stderr.txt")
     parsed = parse_output(stdout)
+    log_path = out_dir / "bochs.log"
+    if log_path.exists():
+        messages = scenario_log_messages(log_path.read_text(encoding="latin-1"))
+        for entry in parsed["scenarios"]:
+            entry["bochs_log"] = messages.get(entry["index"], [])
     if parsed["fatal"]:
         raise LabError(f"the lab reported a fatal error on {model}: {parsed['fatal_lines']}")
+    if cpus > 1 and not parsed["ap"]["done"]:
+        raise LabError(f"the AP did not finish on {model}: {parsed['fatal_lines']}")
     exits = parsed["exits"]
     stops = parsed["stops"]
     # stop 0 is BREAK 0; stops 1..n must be the n VM exits, then BREAK 1 padding
@@ -330,8 +365,8 @@ def run_lab(
     if stops != expected:
         raise LabError(f"unexpected debugger stops for {len(exits)} VM exits: {stops}")
     snapshots = []
-    for i in range(1, len(exits) + 1):
-        src = out_dir / "stops" / f"{i:02d}.bin"
+    for i in range(len(exits)):
+        src = out_dir / "stops" / f"{i + 1:02d}.bin"
         dst = out_dir / "exits" / f"{i:02d}.vmcs.bin"
         shutil.copyfile(src, dst)
         snapshots.append(dst)
@@ -357,6 +392,17 @@ def _hex(text: str) -> int:
     return int(text, 16)
 
 
+def _exit_record(rest: str) -> Dict[str, Any]:
+    """Parse the part of an EXIT line after the word EXIT."""
+    number, _, kvs = rest.partition(" ")
+    record: Dict[str, Any] = {"index": _hex(number) - 1}  # 0-based
+    for key, value in _KV.findall(kvs):
+        record[EXIT_KEYS[key]] = _hex(value)
+    record["reason"] &= 0xFFFFFFFF
+    record["name"] = EXIT_NAMES.get(record["reason"] & 0xFFFF, "other")
+    return record
+
+
 def parse_output(text: str) -> Dict[str, Any]:
     """Parse the interleaved port-0xE9 and debugger output of a lab run.
 
@@ -367,7 +413,8 @@ def parse_output(text: str) -> Dict[str, Any]:
     ``exits`` (list of dicts keyed like the ground truth), ``fields``
     (encoding -> value), ``msrs`` (index -> value), ``info`` (key -> value),
     ``stops`` (``"vmexit"`` / ``"magic"`` per debugger stop, in order),
-    ``done``, ``fatal`` and ``fatal_lines``.
+    ``done``, ``fatal``, ``fatal_lines`` and ``ap`` (two-CPU variant:
+    ``exits``, ``fields`` and ``done`` of the application processor).
     """
     result: Dict[str, Any] = {
         "bochs_version": None,
@@ -384,6 +431,7 @@ def parse_output(text: str) -> Dict[str, Any]:
         "gt_end": False,
         "fatal": False,
         "fatal_lines": [],
+        "ap": {"exits": [], "fields": {}, "done": False},
     }
     by_id: Dict[str, Dict[str, Any]] = {}
     for raw in text.splitlines():
@@ -400,6 +448,17 @@ def parse_output(text: str) -> Dict[str, Any]:
             result["stops"].append("magic")
             continue
         head, _, rest = line.partition(" ")
+        if head == "AP" and rest.startswith("EXIT "):
+            head, _, rest = rest.partition(" ")
+            result["ap"]["exits"].append(_exit_record(rest))
+            continue
+        if line == "AP GT END":
+            result["ap"]["done"] = True
+            continue
+        if head == "AF":
+            enc, value = rest.split()
+            result["ap"]["fields"][_hex(enc)] = _hex(value)
+            continue
         if head == "F":
             enc, value = rest.split()
             result["fields"][_hex(enc)] = _hex(value)
@@ -407,13 +466,7 @@ def parse_output(text: str) -> Dict[str, Any]:
             sid, enc, value = rest.split()
             by_id[sid]["fields"][_hex(enc)] = _hex(value)
         elif head == "EXIT":
-            number, _, kvs = rest.partition(" ")
-            record: Dict[str, Any] = {"index": _hex(number)}
-            for key, value in _KV.findall(kvs):
-                record[EXIT_KEYS[key]] = _hex(value)
-            record["reason"] &= 0xFFFFFFFF
-            record["name"] = EXIT_NAMES.get(record["reason"] & 0xFFFF, "other")
-            result["exits"].append(record)
+            result["exits"].append(_exit_record(rest))
         elif head == "SCENARIO" and not rest.startswith("VMCS"):
             index, sid, rule, pa, desc = (rest.split(" ", 4) + [""])[:5]
             entry = {
@@ -461,6 +514,36 @@ def parse_output(text: str) -> Dict[str, Any]:
     return result
 
 
+_LOG_LINE = re.compile(r"^\d+([a-z])\[([^\]]*)\]\s?(.*)$")
+_MARKER = re.compile(r"VMREAD: not supported field 0x0*1([0-9a-f]{3})$")
+
+
+def scenario_log_messages(log: str) -> Dict[int, List[str]]:
+    """Map scenario index -> the error-level bochs.log messages of its VMLAUNCH.
+
+    Before each scenario's launch the lab does a failing VMREAD of encoding
+    ``0x1000 + index`` on its probe VMCS, which Bochs logs; the messages up to
+    the next marker belong to that scenario (``0x1000 + 64`` ends the list).
+    """
+    messages: Dict[int, List[str]] = {}
+    current: Optional[int] = None
+    for raw in log.splitlines():
+        match = _LOG_LINE.match(raw.strip())
+        if match is None or match.group(1) != "e":
+            continue
+        text = match.group(3).strip()
+        marker = _MARKER.search(text)
+        if marker is not None:
+            index = int(marker.group(1), 16)
+            current = index if index < 0x40 else None
+            if current is not None:
+                messages[current] = []
+            continue
+        if current is not None:
+            messages[current].append(text)
+    return messages
+
+
 # --------------------------------------------------------------- fixtures ----
 def hexkey(enc: int) -> str:
     """Format a VMCS encoding as a fixture key (``0x681e``)."""
@@ -501,7 +584,7 @@ def ground_truth(run: LabRun) -> Dict[str, Any]:
     exits = []
     for rec in parsed["exits"]:
         exits.append(dict(rec))
-    return {
+    gt: Dict[str, Any] = {
         "bochs_version": run.bochs_version,
         "model": run.model,
         "revision_id": parsed["revision_id"],
@@ -522,6 +605,18 @@ def ground_truth(run: LabRun) -> Dict[str, Any]:
             for rec in parsed["exits"]
         ],
     }
+    if split_model(run.model)[1] > 1:
+        gt["cpus"] = [
+            {"cpu": 0, "vmxon_pa": info["vmxon"], "vmcs_pa": info["vmcs"], "exit_count": len(exits)},
+            {
+                "cpu": 1,
+                "vmxon_pa": AP_VMXON_PA,
+                "vmcs_pa": AP_VMCS_PA,
+                "exits": parsed["ap"]["exits"],
+                "fields": {hexkey(k): v for k, v in sorted(parsed["ap"]["fields"].items())},
+            },
+        ]
+    return gt
 
 
 def entry_failures(run: LabRun, phys: bytes) -> Tuple[List[Dict[str, Any]], Dict[str, bytes]]:
@@ -539,6 +634,7 @@ def entry_failures(run: LabRun, phys: bytes) -> Tuple[List[Dict[str, Any]], Dict
                 "vmcs_pa": entry["vmcs_pa"],
                 "fields": {hexkey(k): v for k, v in sorted(entry["fields"].items())},
                 "outcome": outcome_record(entry),
+                "bochs_log": entry.get("bochs_log", []),
             }
         )
         off = SCEN_SAVE_BASE + entry["index"] * 0x1000
@@ -596,15 +692,21 @@ def write_fixtures(run: LabRun, dest: Path) -> Dict[str, int]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="append", choices=MODELS, help="CPU model (repeatable)")
+    parser.add_argument(
+        "--model", action="append", choices=MODELS + SMP_MODELS, help="CPU model (repeatable; default: the 1-CPU ones)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder (one subfolder per model)")
     parser.add_argument("--fixtures", type=Path, help="also write fixtures here (one subfolder per model)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per Bochs run")
     args = parser.parse_args(argv)
     models = args.model or list(MODELS)
-    image = build_image(args.out.resolve())
+    images: Dict[int, Path] = {}
     for model in models:
-        run = run_lab(model, args.out / model, timeout=args.timeout, image=image)
+        cpus = split_model(model)[1]
+        if cpus not in images:
+            folder = args.out.resolve() / ("image" if cpus == 1 else "image-smp")
+            images[cpus] = build_image(folder, defines=("SMP",) if cpus > 1 else ())
+        run = run_lab(model, args.out / model, timeout=args.timeout, image=images[cpus])
         p = run.parsed
         results: Dict[str, int] = {}
         for s in p["scenarios"]:

@@ -60,5 +60,5 @@ def demo_cmd(ctx: Context, args: argparse.Namespace) -> Result:
                          ["VMCS region", "0x%x" % sample["vmcs_pa"]]])]
     blocks += vmcs_blocks(vmcs, args.all)
     blocks.append(Heading("Try next"))
-    blocks.append(Text("\n".join("  " + c.format(image=path, **sample) for c in sample.get("try", []))))
+    blocks.append(Text("\n".join("  " + c.replace("{image}", path) for c in sample.get("try", []))))
     return Result(doc, blocks, warnings=list(vmcs.warnings))

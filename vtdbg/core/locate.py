@@ -1,23 +1,22 @@
 """Finding VMCS regions in physical memory when no address is given.
 
-A simple page-aligned pass: a page is a candidate when its revision id (bits 30:0) is one
-some known layout claims and its VMX-abort indicator is a defined value; candidates are
-kept when `auto` layout selection finds them plausible.  CPU n of an image is the nth VMCS
-found (shared/DESIGN.md, "CPUs").  Work is bounded by the image size and one read per
-chunk; the post-mortem scanner (issue 7) builds on this.
+Uses the fast page filter of :mod:`vtdbg.core.scan`: only pages whose first dword is a
+revision id some known layout claims (with or without the shadow bit) are read whole; a
+candidate is kept when its VMX-abort indicator is a defined value and `auto` layout
+selection finds it plausible.  CPU n of an image is the nth VMCS found, in physical-address
+order (shared/DESIGN.md, "CPUs").  Work is bounded by the image size: one pass over the
+present ranges and one page read per candidate.
 """
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Set, Tuple
+from typing import List, Optional, Set
 
-from vtdbg.core.vmcs import KNOWN_ABORTS, MIN_CONFIDENCE, choose_layout
-from vtdbg.layouts.registry import all_layouts
-from vtdbg.lib.errors import LayoutError, MemoryReadError
+from vtdbg.core.scan import classify_vmcs, page_candidates
+from vtdbg.core.scan import known_revision_ids as _known_revision_ids
+from vtdbg.lib.errors import MemoryReadError
 from vtdbg.target.base import Target
 
-CHUNK = 4 << 20
 PAGE = 0x1000
 
 
@@ -33,43 +32,21 @@ class Candidate:
 
 def known_revision_ids() -> Set[int]:
     """Every revision id some auto-selectable layout claims."""
-    layouts, _ = all_layouts()
-    return {r for l in layouts if l.auto for r in l.revision_ids}
-
-
-def _pages(target: Target, ranges: List[Tuple[int, int]]) -> Iterator[Tuple[int, bytes]]:
-    for start, length in ranges:
-        first = (start + PAGE - 1) & ~(PAGE - 1)
-        end = start + length
-        cursor = first
-        while cursor + PAGE <= end:
-            size = min(CHUNK, (end - cursor) & ~(PAGE - 1))
-            try:
-                chunk = target.read_phys(cursor, size)
-            except MemoryReadError:
-                cursor += size
-                continue
-            for offset in range(0, size, PAGE):
-                yield cursor + offset, chunk[offset:offset + PAGE]
-            cursor += size
+    return _known_revision_ids()
 
 
 def find_vmcs(target: Target, limit: Optional[int] = None) -> List[Candidate]:
     """VMCS candidates in physical-address order (at most ``limit``)."""
-    revisions = known_revision_ids()
-    ranges = target.phys_ranges()
     found: List[Candidate] = []
-    for pa, page in _pages(target, ranges):
-        first, abort = struct.unpack_from("<II", page, 0)
-        revision = first & 0x7FFFFFFF
-        if revision not in revisions or abort not in KNOWN_ABORTS or not any(page[8:]):
-            continue
+    for pa, _ in page_candidates(target):
         try:
-            choice = choose_layout(page)
-        except LayoutError:
+            page = target.read_phys(pa, PAGE)
+        except MemoryReadError:
             continue
-        if choice.confidence >= MIN_CONFIDENCE:
-            found.append(Candidate(pa, revision, choice.layout.name, choice.confidence))
-            if limit is not None and len(found) >= limit:
-                break
+        candidate = classify_vmcs(page, pa)
+        if candidate is None:
+            continue
+        found.append(Candidate(pa, candidate.revision_id, candidate.layout, candidate.confidence))
+        if limit is not None and len(found) >= limit:
+            break
     return found

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
-from typing import IO, List, NoReturn, Optional, Sequence
+from typing import IO, Callable, List, NoReturn, Optional, Sequence
 
 from vtdbg import __version__
 from vtdbg.commands.registry import Context, load_all
@@ -97,8 +97,10 @@ def emit(result: Result, args: argparse.Namespace, stdout: IO[str], stderr: IO[s
             stdout.write(text + "\n")
 
 
-def run(argv: Sequence[str], stdout: IO[str], stderr: IO[str], context: Optional[Context] = None) -> int:
-    """Parse ``argv``, run the command, print, and return the exit status."""
+def run(argv: Sequence[str], stdout: IO[str], stderr: IO[str], context: Optional[Context] = None,
+        emitter: Optional[Callable[[Result, argparse.Namespace, IO[str], IO[str]], None]] = None) -> int:
+    """Parse ``argv``, run the command, print, and return the exit status.  ``emitter``
+    replaces :func:`emit` (WinDbg renders DML, see vtdbg/frontends/windbg.py)."""
     debug = "--debug" in argv
     try:
         parser = build_parser()
@@ -121,11 +123,16 @@ def run(argv: Sequence[str], stdout: IO[str], stderr: IO[str], context: Optional
             if cmd.needs and ctx.has_target():
                 ctx.target.require(cmd.needs, "`%s`" % cmd.name)
             result = cmd.run(ctx, args)
+            if ctx._target is not None and ctx._target.kind == "kd":
+                # issue 4 hook: a VMCS read from a live machine's RAM may be stale (on-die copy)
+                from vtdbg.target.pykd_backend import stale_vmcs_warnings
+
+                result.warnings.extend(stale_vmcs_warnings(ctx._target, result.data))
         finally:
             if context is None:
                 ctx.close()
         result.warnings[:0] = ctx.warnings
-        emit(result, args, stdout, stderr)
+        (emitter or emit)(result, args, stdout, stderr)
         return result.exit_code
     except VtdbgError as exc:
         if debug:
@@ -147,4 +154,11 @@ def run(argv: Sequence[str], stdout: IO[str], stderr: IO[str], context: Optional
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Console-script entry point."""
-    return run(sys.argv[1:] if argv is None else argv, sys.stdout, sys.stderr)
+    args = sys.argv[1:] if argv is None else argv
+    # WinDbg hosting hook (issue 4): under pykd's `!py` the debugger session is the default
+    # target, output is DML and the ASCII-only console never sees a non-ASCII character
+    from vtdbg.frontends import windbg
+
+    if windbg.inside_windbg():
+        return windbg.main(list(args))
+    return run(args, sys.stdout, sys.stderr)

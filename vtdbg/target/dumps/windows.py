@@ -13,11 +13,11 @@ file (a truncated dump keeps the pages it has, with a warning).  The RDMP types 
 """
 from __future__ import annotations
 
-import re
 from typing import Dict, List, Tuple
 
 from construct import Array, Bytes, Const, ConstructError, Int16ul, Int32ul, Int64ul, Padding, StreamError, Struct
 
+from vtdbg.lib.bitranges import set_bit_runs
 from vtdbg.lib.errors import TargetError
 from vtdbg.target.dumps.physmem import MAX_PA, PAGE, DumpTarget, FileMap, Run
 
@@ -92,40 +92,8 @@ def parse_context(raw: bytes, dtb: int) -> Dict[str, int]:
 
 
 def bitmap_runs(bitmap: bytes, bit_count: int) -> List[Tuple[int, int]]:
-    """(first PFN, page count) for each stretch of set bits, LSB first within a byte.
-
-    Work is linear in the bitmap: zero bytes are skipped by a regular expression and
-    all-ones bytes are taken eight pages at a time.
-    """
-    runs: List[Tuple[int, int]] = []
-    start = -1
-    limit = bit_count
-
-    def close(end: int) -> None:
-        nonlocal start
-        if start >= 0:
-            runs.append((start, min(end, limit) - start))
-            start = -1
-
-    for match in re.finditer(rb"[^\x00]+", bitmap):
-        base = match.start() * 8
-        close(base)  # a zero byte (or the start) separates stretches
-        for index, byte in enumerate(match.group()):
-            pfn = base + index * 8
-            if pfn >= limit:
-                break
-            if byte == 0xFF:
-                if start < 0:
-                    start = pfn
-                continue
-            for bit in range(8):
-                if byte >> bit & 1:
-                    if start < 0:
-                        start = pfn + bit
-                else:
-                    close(pfn + bit)
-        close(match.end() * 8)
-    return [r for r in runs if r[1] > 0]
+    """(first PFN, page count) for each stretch of set bits of a dump's page bitmap."""
+    return set_bit_runs(bitmap, bit_count)
 
 
 class WindowsDumpTarget(DumpTarget):

@@ -1,0 +1,767 @@
+"""The live Bochs backend: ``--target bochs:CONFIG.bxrc``.
+
+Bochs (built with its internal debugger, as Debian's is) runs the guest; vtdbg drives the
+debugger through a pseudo-terminal (:mod:`vtdbg.target.bochs_pty`) and reads its answers
+(:mod:`vtdbg.target.bochs_parse`).  One method call costs as few debugger command lines
+as possible -- a line may carry several ``;``-separated commands, and a line with its answer
+is one *transaction* (``transactions`` counts them):
+
+=====================  ==========================================================  ======
+call                   command line                                                lines
+=====================  ==========================================================  ======
+read_phys(pa, n)       ``xp /Ngx pa`` (requests above 4 MiB are split)              1
+read_virt (current)    ``x /Ngx va`` (Bochs translates through its own CR3)         1
+write_phys             ``setpmem`` 4/2/1 bytes per command, ~16 commands per line   n/64
+registers()            ``r; creg; sreg; show FS.base; show GS.base`` (cached/stop)  1
+set_register           ``set reg = value``                                          1
+vmx_state()            ``show "cpuN.VMX"``                                          1
+resume / step          ``c`` / ``s``                                                1+
+read_msr (param tree)  ``show "cpuN.MSR.name"``                                     1
+read_msr (VMX caps)    an injected RDMSR, see :meth:`BochsTarget.read_msrs`         ~5
+=====================  ==========================================================  ======
+
+Bochs keeps the VMCS in guest memory, so a memory decode is exact except for the guest
+state of a running guest; the layout depends on the Bochs release (2.7 and 2.8+ share
+revision id 0x2B with different layouts), hence :attr:`BochsTarget.preferred_layout`.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from vtdbg.lib.errors import MemoryReadError, MemoryWriteError, TargetError
+from vtdbg.target import bochs_parse as bp
+from vtdbg.target.base import Breakpoint, Capability, Target
+from vtdbg.target.bochs_pty import MAX_LINE, BochsEnded, BochsProcess, BochsTimeout
+
+#: one ``xp`` prints ~4.3 bytes of text per byte read; bigger requests are split
+MAX_READ_PER_COMMAND = 4 << 20
+#: legacy VGA/option-ROM/BIOS window: reads and writes there may hit ROM, so writes are verified
+_LEGACY_WINDOW = (0xA0000, 0x100000)
+_RFLAGS_TF = 1 << 8
+_RFLAGS_IF = 1 << 9
+_RFLAGS_VM = 1 << 17
+_EFER_LMA = 1 << 10
+_AR_L = 1 << 13
+
+#: MSRs Bochs 2.7 exposes in its parameter tree (``show "cpuN.MSR.<name>"``): reading them
+#: needs no code on the target.
+PARAM_MSRS: Dict[int, str] = {
+    0x1B: "apicbase", 0x3A: "ia32_feature_ctrl", 0x174: "sysenter_cs_msr", 0x175: "sysenter_esp_msr",
+    0x176: "sysenter_eip_msr", 0x250: "mtrrfix64k", 0x258: "mtrrfix16k_80000", 0x259: "mtrrfix16k_a0000",
+    0x277: "pat", 0x2FF: "mtrr_deftype", 0xDA0: "ia32_xss", 0xC0000080: "EFER", 0xC0000081: "star",
+    0xC0000082: "lstar", 0xC0000083: "cstar", 0xC0000084: "fmask", 0xC0000102: "kernelgsbase",
+    0xC0000103: "tsc_aux",
+}
+PARAM_MSRS.update({0x200 + 2 * i: "mtrrphysbase%d" % i for i in range(8)})
+PARAM_MSRS.update({0x201 + 2 * i: "mtrrphysmask%d" % i for i in range(8)})
+PARAM_MSRS.update({0x268 + i: "mtrrfix4k_%s" % base for i, base in
+                   enumerate(("c0000", "c8000", "d0000", "d8000", "e0000", "e8000", "f0000", "f8000"))})
+
+#: 64-bit register -> the name Bochs accepts outside 64-bit mode
+_NARROW = {"rax": "eax", "rbx": "ebx", "rcx": "ecx", "rdx": "edx", "rsi": "esi", "rdi": "edi",
+           "rsp": "esp", "rbp": "ebp", "rip": "eip"}
+_GPRS = set(_NARROW) | {"r%d" % i for i in range(8, 16)}
+_SETTABLE = _GPRS | set(_NARROW.values()) | {"cs", "ds", "es", "fs", "gs", "ss", "ip"} | {
+    "r%d%s" % (i, s) for i in range(8, 16) for s in ("d", "w", "b")} | {
+    "ax", "bx", "cx", "dx", "si", "di", "sp", "bp", "al", "bl", "cl", "dl", "ah", "bh", "ch", "dh"}
+_FLAG_NAMES = {"rflags", "eflags", "flags"}
+
+OnHit = Callable[[int], bool]
+
+
+class BochsTarget(Target):
+    """A Bochs machine stopped under its internal debugger.
+
+    ``BochsTarget("lab.bxrc")`` boots nothing yet: Bochs starts stopped at the reset vector
+    (t=0).  :meth:`cont`, :meth:`run_to_vm_exit` and :meth:`run_exits` run the guest;
+    every run ends in a *stop event* (a JSON-ready dict, see :meth:`cont`).  The guest's
+    port-0xE9 output is collected in :meth:`console_output`.  Always :meth:`close` (or use
+    ``with``): it quits Bochs and reaps the process on every path.
+    """
+
+    kind = "bochs"
+    BASE_CAPABILITIES = (Capability.PHYS_READ | Capability.VIRT_READ | Capability.MSR_READ | Capability.REGS
+                         | Capability.WRITE | Capability.BREAKPOINTS | Capability.RESUME | Capability.STEP
+                         | Capability.LIVE)
+
+    def __init__(self, config_path: str, bochs: str = "bochs-bin", extra_lines: Sequence[str] = (),
+                 overrides: Optional[Sequence[str]] = None, isolate: bool = True, timeout: float = 60.0,
+                 command_timeout: float = 30.0, startup_timeout: float = 30.0,
+                 continue_past_magic: bool = False, console_limit: int = 64 << 20) -> None:
+        config = os.path.abspath(config_path)
+        if not os.path.isfile(config):
+            raise TargetError("no such Bochs configuration: %s" % config_path)
+        super().__init__("Bochs %s" % config_path)
+        self.config_path = config
+        #: default seconds a run (resume, run_to_vm_exit) may take before it is interrupted
+        self.timeout = timeout
+        self.command_timeout = command_timeout
+        #: continue automatically past magic breakpoints (xchg bx,bx) in resume()
+        self.continue_past_magic = continue_past_magic
+        self.console_limit = console_limit
+        # relative paths in a bochsrc (disk images, ROMs) are resolved from Bochs's working
+        # directory; starting it beside the config makes `bochs:dir/lab.bxrc` just work
+        self._bochs = BochsProcess(config, bochs=bochs, overrides=overrides, extra=extra_lines,
+                                   isolate=isolate, startup_timeout=startup_timeout,
+                                   cwd=os.path.dirname(config))
+        banner = self._bochs.banner.replace("\r", "")
+        #: release from the banner ("2.7", "2.8", "3.0", ...) or None
+        self.bochs_version = bp.banner_version(banner)
+        #: the VMCS layout this Bochs writes; pass it to vmcs.read_vmcs(layout_name=...)
+        self.preferred_layout = bp.layout_for_version(self.bochs_version)
+        self._cpus = bp.startup_cpus(banner)
+        self.capabilities = self.BASE_CAPABILITIES | (Capability.CPU_SELECT if self._cpus > 1 else Capability.NONE)
+        self._cpu = 0
+        ram, roms = bp.memory_layout(self._bochs.log_text())
+        self._ranges = _ranges(ram, roms)
+        self._console: List[str] = []
+        self._console_size = 0
+        #: bytes of console output dropped from the front to respect console_limit
+        self.console_dropped = 0
+        self._regs: Dict[Tuple[int, int], Dict[str, int]] = {}
+        self._breakpoints: Dict[int, Tuple[Breakpoint, OnHit]] = {}
+        self._vmexit_break = False
+        self._msrs: Dict[Tuple[int, int], int] = {}
+        self._cpuid: Dict[Tuple[int, int, int], Tuple[int, int, int, int]] = {}
+        self._maxphyaddr: Optional[int] = None
+        self._ended: Optional[str] = None
+        _console, report, _rest = bp.split_stop(banner)
+        #: the last stop event (the reset state right after start-up)
+        self.last_stop: Dict[str, Any] = self._event("start", report, "", 0.0)
+
+    # -- identity -----------------------------------------------------------------------------
+    @property
+    def transactions(self) -> int:
+        """Debugger command lines sent so far (the unit transaction budgets count)."""
+        return self._bochs.lines_sent
+
+    @property
+    def log_path(self) -> str:
+        """Path of the Bochs log (in a temporary folder removed by close())."""
+        return self._bochs.log_path
+
+    def console_output(self) -> str:
+        """Everything the guest wrote to port 0xE9 so far (latin-1 text)."""
+        return "".join(self._console)
+
+    def model_msrs(self) -> Dict[int, int]:
+        """``MSR <index> <value>`` lines the guest printed (the vtdbg lab prints its
+        IA32_VMX_* MSRs this way); {} when it printed none."""
+        return bp.console_msrs(self.console_output())
+
+    # -- the debugger line ----------------------------------------------------------------------
+    def command(self, line: str, timeout: Optional[float] = None) -> str:
+        """Run one raw debugger command line (not one that runs the guest) and return its
+        answer.  For experiments and for commands vtdbg does not wrap."""
+        self._check_alive()
+        try:
+            return self._bochs.command(line, self.command_timeout if timeout is None else timeout)
+        except BochsEnded as exc:
+            self._ended = str(exc)
+            raise
+        except BochsTimeout:
+            # a command that never returns leaves the debugger unusable: end the session
+            self.close()
+            raise TargetError("Bochs did not answer %r within %.0f s; the session was closed"
+                              % (line, self.command_timeout if timeout is None else timeout)) from None
+
+    def _check_alive(self) -> None:
+        if self._ended is not None:
+            raise TargetError("the Bochs session has ended: %s" % self._ended)
+
+    # -- memory -------------------------------------------------------------------------------
+    def phys_ranges(self) -> List[Tuple[int, int]]:
+        """RAM from 0 and the BIOS ROM below 4 GiB, as Bochs's log reports them."""
+        return list(self._ranges)
+
+    def _check_range(self, pa: int, size: int) -> Optional[str]:
+        if pa < 0 or size < 0:
+            return "negative address or size"
+        for start, length in self._ranges:
+            if start <= pa and pa + size <= start + length:
+                return None
+        # reading unbacked addresses is not harmless: Bochs 2.7 crashes on some of them
+        return "not inside RAM or ROM of this Bochs machine (%s)" % ", ".join(
+            "0x%x-0x%x" % (s, s + n - 1) for s, n in self._ranges)
+
+    def read_phys(self, pa: int, size: int) -> bytes:
+        """``size`` bytes of guest-physical memory, one ``xp`` per 4 MiB."""
+        if size == 0 and pa >= 0:
+            return b""
+        problem = self._check_range(pa, size)
+        if problem:
+            raise MemoryReadError(pa, size, problem)
+        out = bytearray()
+        while len(out) < size:
+            chunk = min(size - len(out), MAX_READ_PER_COMMAND)
+            out += self._dump("xp", pa + len(out), chunk)
+        return bytes(out)
+
+    def _dump(self, verb: str, address: int, size: int) -> bytes:
+        count = (size + 7) // 8
+        # about 3 s per MiB on a slow machine, plus the usual margin
+        timeout = self.command_timeout + 4.0 * size / (1 << 20)
+        text = self.command("%s /%dgx 0x%x" % (verb, count, address), timeout)
+        try:
+            values = bp.parse_dump(text, address, count)
+        except bp.DumpError as exc:
+            raise MemoryReadError(address, size, str(exc)) from None
+        return bp.dump_bytes(values)[:size]
+
+    def read_virt(self, va: int, size: int, cr3: Optional[int] = None) -> bytes:
+        """Linear memory: through Bochs's own translation (``x``, any paging mode) for the
+        current CR3, by walking the 4-level tables with physical reads for another one."""
+        if cr3 is not None:
+            return super().read_virt(va, size, cr3)
+        if size == 0:
+            return b""
+        out = bytearray()
+        while len(out) < size:
+            chunk = min(size - len(out), MAX_READ_PER_COMMAND)
+            out += self._dump("x", va + len(out), chunk)
+        return bytes(out)
+
+    def write_phys(self, pa: int, data: bytes) -> None:
+        """Write with ``setpmem`` (4, 2 or 1 bytes per command, many commands per line)."""
+        ram = self._ranges[0][1]
+        if pa < 0 or pa + len(data) > ram:
+            raise MemoryWriteError("cannot write %d bytes at 0x%x: only RAM (0-0x%x) is writable"
+                                   % (len(data), pa, ram - 1))
+        if not data:
+            return
+        commands: List[str] = []
+        offset = 0
+        while offset < len(data):
+            width = 4 if len(data) - offset >= 4 else (2 if len(data) - offset >= 2 else 1)
+            value = int.from_bytes(data[offset:offset + width], "little")
+            commands.append("setpmem 0x%x %d 0x%x" % (pa + offset, width, value))
+            offset += width
+        try:
+            for line in _pack(commands):
+                answer = self.command(line).strip()
+                if answer:
+                    raise MemoryWriteError("Bochs refused a write at 0x%x: %s" % (pa, answer.splitlines()[0]))
+        finally:
+            self.stop_generation += 1
+        if pa < _LEGACY_WINDOW[1] and pa + len(data) > _LEGACY_WINDOW[0]:
+            # the BIOS/option-ROM window ignores writes silently when it maps ROM
+            if self.read_phys(pa, len(data)) != bytes(data):
+                raise MemoryWriteError("the write at 0x%x did not stick (ROM-mapped legacy window)" % pa)
+
+    # -- CPU state ------------------------------------------------------------------------------
+    def cpu_count(self) -> int:
+        """CPUs listed in Bochs's first stop report (``cpu: count=N``)."""
+        return self._cpus
+
+    def current_cpu(self) -> int:
+        """The debugger's current CPU (``set $cpu = N``)."""
+        return self._cpu
+
+    def _switch_cpu(self, cpu: int) -> None:
+        if not 0 <= cpu < self._cpus:
+            raise TargetError("CPU %d does not exist (this Bochs has %d)" % (cpu, self._cpus))
+        answer = self.command("set $cpu = %d" % cpu).strip()
+        if answer:
+            raise TargetError("Bochs refused to switch to CPU %d: %s" % (cpu, answer))
+        self._cpu = cpu
+
+    def registers(self) -> Dict[str, int]:
+        """General, control, segment and descriptor-table registers of the current CPU."""
+        key = (self.stop_generation, self._cpu)
+        cached = self._regs.get(key)
+        if cached is not None:
+            return dict(cached)
+        text = self.command('r; creg; sreg; show "cpu%d.FS.base"; show "cpu%d.GS.base"' % (self._cpu, self._cpu))
+        regs = bp.parse_registers(text)
+        if "rip" not in regs or "cr3" not in regs:
+            raise TargetError("could not parse Bochs's registers: %s" % text.strip()[:200])
+        self._regs = {key: regs}
+        return dict(regs)
+
+    def _long_mode(self, regs: Dict[str, int]) -> bool:
+        return bool(regs.get("efer", 0) & _EFER_LMA and regs.get("cs_ar", 0) & _AR_L)
+
+    def set_register(self, name: str, value: int) -> None:
+        """Change a general register, rip, rflags or a segment selector.
+
+        Bochs's ``set`` cannot change control registers, EFER or MSRs, and accepts 64-bit
+        register names only while the CPU is in 64-bit mode (the 32-bit name is used
+        otherwise, if the value fits).
+        """
+        reg = name.lower()
+        if reg in _FLAG_NAMES:
+            bochs_name = "$eflags"
+        elif reg in _SETTABLE:
+            bochs_name = reg
+            if reg in _GPRS and not self._long_mode(self.registers()):
+                if reg not in _NARROW or value >> 32:
+                    raise TargetError("Bochs sets %s only in 64-bit mode; the CPU is not in 64-bit mode" % name)
+                bochs_name = _NARROW[reg]
+        else:
+            raise TargetError("Bochs's debugger cannot change %s (its `set` covers general registers, rip, "
+                              "rflags and segment selectors)" % name)
+        if value < 0:
+            raise TargetError("register values are unsigned")
+        try:
+            answer = self.command("set %s = 0x%x" % (bochs_name, value)).strip()
+        finally:
+            self.stop_generation += 1
+        if answer:
+            raise TargetError("Bochs refused `set %s`: %s" % (bochs_name, answer.splitlines()[0]))
+
+    def vmx_state(self) -> Dict[str, Any]:
+        """Bochs's own VMX state of the current CPU: ``vmcsptr`` and ``vmxonptr`` (None when
+        unset), ``in_vmx``, ``in_vmx_guest``, ``in_smm_vmx`` and the VMCS ``cache`` (the
+        controls and host state Bochs copied at the last VM entry)."""
+        text = self.command('show "cpu%d.VMX"' % self._cpu)
+        tree = bp.parse_param_tree(text)
+        if "vmcsptr" not in tree:
+            raise TargetError("Bochs has no VMX state for CPU %d (built without VMX?): %s"
+                              % (self._cpu, text.strip()[:200]))
+        state = bp.vmx_summary(tree)
+        state["cpu"] = self._cpu
+        return state
+
+    # -- MSRs, CPUID: read from the param tree or by running one instruction -----------------------
+    def read_msr(self, index: int) -> int:
+        """An MSR of the current CPU (see :meth:`read_msrs`)."""
+        return self.read_msrs([index])[index]
+
+    def read_msrs(self, indices: Iterable[int]) -> Dict[int, int]:
+        """Several MSRs at once.
+
+        Bochs's debugger has no RDMSR command.  MSRs in its parameter tree
+        (:data:`PARAM_MSRS`, IA32_FS/GS_BASE) are read with ``show``.  The IA32_VMX_*
+        capability MSRs are read by executing RDMSR on the target (one injected
+        instruction at the current RIP, bytes, registers and flags restored), only while
+        the CPU is in VMX root or outside VMX at CPL 0, and only for MSRs the SDM says exist
+        (CPUID.1:ECX.VMX, IA32_VMX_BASIC[55], PROCBASED[63], PROCBASED2 bits), because an
+        RDMSR of a missing MSR raises #GP in the guest.  Their values never change, so they
+        are cached.  Any other MSR raises :class:`TargetError`.
+        """
+        wanted = list(dict.fromkeys(indices))
+        result: Dict[int, int] = {}
+        stub: List[int] = []
+        for index in wanted:
+            cached = self._msrs.get((self._cpu, index))
+            if cached is not None:
+                result[index] = cached
+            elif index in PARAM_MSRS:
+                result[index] = self._param_msr(index)
+            elif index in (0xC0000100, 0xC0000101):
+                result[index] = self.registers()["fs_base" if index == 0xC0000100 else "gs_base"]
+            elif 0x480 <= index <= 0x492:
+                stub.append(index)
+            else:
+                raise TargetError("MSR 0x%x is not readable on a Bochs target: Bochs's debugger has no RDMSR, and "
+                                  "executing RDMSR for an MSR that may not exist could fault in the guest" % index)
+        if stub:
+            result.update(self._vmx_msrs(stub))
+        return result
+
+    def _param_msr(self, index: int) -> int:
+        name = PARAM_MSRS[index]
+        text = self.command('show "cpu%d.MSR.%s"' % (self._cpu, name))
+        tree = bp.parse_param_tree(text)
+        value = tree.get(name)
+        if not isinstance(value, int):
+            raise TargetError("Bochs does not expose MSR 0x%x (%s): %s" % (index, name, text.strip()[:120]))
+        return value
+
+    def _vmx_msrs(self, wanted: List[int]) -> Dict[int, int]:
+        known = {i: v for (cpu, i), v in self._msrs.items() if cpu == self._cpu}
+        if not self.cpuid(1)[2] & (1 << 5):
+            raise TargetError("this Bochs CPU model has no VMX (CPUID.1:ECX.VMX = 0), so IA32_VMX_* MSRs do not exist")
+
+        def fetch(indices: List[int]) -> None:
+            missing = [i for i in indices if i not in known]
+            if missing:
+                outputs = self._inject(b"\x0f\x32", [{"rcx": i} for i in missing], needs_cpl0=True)
+                for i, regs in zip(missing, outputs):
+                    known[i] = ((regs["rdx"] & 0xFFFFFFFF) << 32) | (regs["rax"] & 0xFFFFFFFF)
+                    self._msrs[(self._cpu, i)] = known[i]
+
+        # the SDM's existence rules (Appendix A): each later MSR is gated by an earlier one
+        fetch([i for i in wanted if i <= 0x48A] + ([0x480, 0x482] if any(i > 0x48A for i in wanted) else []))
+        exists = {i: True for i in range(0x480, 0x48B)}
+        exists[0x48B] = bool(known.get(0x482, 0) >> 63)
+        if any(i > 0x48B for i in wanted) and exists[0x48B]:
+            fetch([0x48B])
+        proc2_allowed = known.get(0x48B, 0) >> 32 if exists[0x48B] else 0
+        exists[0x48C] = bool(proc2_allowed & ((1 << 1) | (1 << 5)))  # enable EPT or enable VPID
+        for i in range(0x48D, 0x491):
+            exists[i] = bool(known.get(0x480, 0) >> 55 & 1)
+        exists[0x491] = bool(proc2_allowed & (1 << 13))  # enable VM functions
+        exists[0x492] = bool(known.get(0x482, 0) >> 49 & 1)  # activate tertiary controls
+        absent = [i for i in wanted if not exists.get(i, False)]
+        if absent:
+            raise TargetError("IA32_VMX MSR%s %s do%s not exist on this CPU model (SDM Appendix A)" % (
+                "s" if len(absent) > 1 else "", ", ".join("0x%x" % i for i in absent), "" if len(absent) > 1 else "es"))
+        fetch(wanted)
+        return {i: known[i] for i in wanted}
+
+    def cpuid(self, leaf: int, subleaf: int = 0) -> Tuple[int, int, int, int]:
+        """(eax, ebx, ecx, edx) of CPUID on the current CPU, by executing it once on the
+        target (cached per CPU for the session)."""
+        key = (self._cpu, leaf, subleaf)
+        if key not in self._cpuid:
+            regs = self._inject(b"\x0f\xa2", [{"rax": leaf, "rcx": subleaf}], needs_cpl0=False)[0]
+            self._cpuid[key] = tuple(regs[r] & 0xFFFFFFFF for r in ("rax", "rbx", "rcx", "rdx"))  # type: ignore[assignment]
+        return self._cpuid[key]
+
+    def maxphyaddr(self) -> int:
+        """MAXPHYADDR: CPUID.80000008H:EAX[7:0] executed on the target; when no instruction
+        can be injected at this stop, the ``INFO maxphyaddr`` line the lab prints."""
+        if self._maxphyaddr is None:
+            try:
+                if self.cpuid(0x80000000)[0] >= 0x80000008:
+                    self._maxphyaddr = self.cpuid(0x80000008)[0] & 0xFF
+                else:
+                    self._maxphyaddr = 36  # the SDM's value when the leaf is missing
+            except TargetError as exc:
+                info = bp.console_info(self.console_output())
+                if "maxphyaddr" not in info:
+                    raise TargetError("MAXPHYADDR unknown: %s" % exc) from None
+                self._maxphyaddr = info["maxphyaddr"]
+        return self._maxphyaddr
+
+    def _inject(self, code: bytes, runs: List[Dict[str, int]], needs_cpl0: bool) -> List[Dict[str, int]]:
+        """Execute ``code`` (one instruction) at the current RIP once per entry of ``runs``
+        (registers to set first) and return the general registers after each execution.
+
+        The instruction bytes, the general registers it may change, RIP and RFLAGS are
+        restored on every path; only Bochs's tick counter advances.  Interrupts and the trap
+        flag are masked while it runs so the step executes exactly our instruction.
+        """
+        regs = self.registers()
+        state = self.vmx_state()
+        if state["in_vmx_guest"]:
+            raise TargetError("cannot run an instruction in VMX non-root mode (it would cause a VM exit); "
+                              "stop in the hypervisor first, e.g. run_to_vm_exit()")
+        protected = bool(regs.get("cr0", 0) & 1)
+        if regs["rflags"] & _RFLAGS_VM or (needs_cpl0 and protected and regs.get("cs", 0) & 3):
+            raise TargetError("cannot run a privileged instruction: the CPU is not at CPL 0")
+        long_mode = self._long_mode(regs)
+        rip = regs["rip"]
+        linear = rip if long_mode else (regs.get("cs_base", 0) + rip) & 0xFFFFFFFF
+        if (linear & 0xFFF) + len(code) > 0x1000:
+            raise TargetError("cannot inject at 0x%x: the instruction would cross a page" % linear)
+        if regs.get("cr0", 0) & (1 << 31):
+            pa = bp.parse_page(self.command("page 0x%x" % linear), linear)
+            if pa is None:
+                raise TargetError("cannot inject: RIP 0x%x is not mapped" % linear)
+        else:
+            pa = linear
+        if self._check_range(pa, len(code)) or (_LEGACY_WINDOW[0] <= pa < _LEGACY_WINDOW[1]) or pa >= 0xFFF00000:
+            raise TargetError("cannot inject at physical 0x%x: not writable RAM" % pa)
+        original = self.read_phys(pa, len(code))
+
+        def width(reg: str) -> str:
+            return reg if long_mode else _NARROW.get(reg, reg)
+
+        clobbered = ("rax", "rbx", "rcx", "rdx")
+        writes = ["setpmem 0x%x 1 0x%x" % (pa + i, b) for i, b in enumerate(code)]
+        restore = ["setpmem 0x%x 1 0x%x" % (pa + i, b) for i, b in enumerate(original)]
+        restore += ["set %s = 0x%x" % (width(r), regs[r] if long_mode else regs[r] & 0xFFFFFFFF) for r in clobbered]
+        restore += ["set $eflags = 0x%x" % regs["rflags"], "set %s = 0x%x" % (width("rip"), rip),
+                    "xp /%dbx 0x%x" % (len(code), pa)]
+        outputs: List[Dict[str, int]] = []
+        self.stop_generation += 1
+        try:
+            self._expect_silent(writes + ["set $eflags = 0x%x" % (regs["rflags"] & ~(_RFLAGS_IF | _RFLAGS_TF))])
+            for run in runs:
+                sets = ["set %s = 0x%x" % (width(r), v) for r, v in run.items()]
+                line = "; ".join(sets + ["set %s = 0x%x" % (width("rip"), rip), "s", "r"])
+                text = self.command(line)
+                _console, report, rest = bp.split_stop(text)
+                where = report.cpus.get(self._cpu) if report else None
+                if where is None or where[0] != pa + len(code):
+                    raise TargetError("the injected instruction did not complete at 0x%x (now at %s)" % (
+                        pa, "0x%x" % where[0] if where else "?"))
+                after = bp.parse_registers(rest)
+                if "rax" not in after:
+                    raise TargetError("no registers after the injected instruction: %s" % rest[:200])
+                outputs.append(after)
+        finally:
+            self.stop_generation += 1
+            answer = ""
+            if self.alive:
+                for line in _pack(restore):
+                    answer = self.command(line)
+            try:
+                back = bp.dump_bytes(bp.parse_dump(answer, pa, len(code), unit=1), unit=1)
+            except bp.DumpError:
+                back = b""
+            if back != original:
+                raise TargetError("could not restore the %d code bytes at 0x%x after an injected instruction"
+                                  % (len(code), pa))
+        return outputs
+
+    def _expect_silent(self, commands: List[str]) -> None:
+        for line in _pack(commands):
+            answer = self.command(line).strip()
+            if answer:
+                raise TargetError("Bochs refused %r: %s" % (line[:60], answer.splitlines()[0]))
+
+    # -- breakpoints --------------------------------------------------------------------------
+    def break_at(self, address: int, on_hit: OnHit, physical: bool = False) -> Breakpoint:
+        """A linear (``lb``, default) or physical (``pb``) breakpoint.  When a run stops on
+        it, ``on_hit(cpu)`` decides: True stops there, False continues the run."""
+        verb, kind = ("pb", "pbreakpoint") if physical else ("lb", "lbreakpoint")
+        text = self.command("%s 0x%x; blist" % (verb, address))
+        fresh = [num for num, k, addr in bp.parse_blist(text)
+                 if k == kind and addr == address and num not in self._breakpoints]
+        if not fresh:
+            raise TargetError("Bochs did not set a breakpoint at 0x%x: %s" % (address, text.strip()[:200]))
+        number = max(fresh)
+        handle = Breakpoint(address, lambda: self._delete_breakpoint(number))
+        self._breakpoints[number] = (handle, on_hit)
+        return handle
+
+    def _delete_breakpoint(self, number: int) -> None:
+        self._breakpoints.pop(number, None)
+        if self._ended is None and self._bochs.alive:
+            self.command("d %d" % number)
+
+    def set_vmexit_break(self, enabled: bool) -> None:
+        """Make runs stop after every VM exit (Bochs's ``vmexitbp`` toggle), or not."""
+        if enabled == self._vmexit_break:
+            return
+        answer = self.command("vmexitbp")
+        state = "enabled" in answer
+        if "disabled" not in answer and not state:
+            raise TargetError("unexpected answer to vmexitbp: %s" % answer.strip()[:120])
+        self._vmexit_break = state
+        if state != enabled:
+            self.set_vmexit_break(enabled)
+
+    # -- running ------------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Run until the next stop (see :meth:`cont`); the event is in :attr:`last_stop`."""
+        self.cont()
+
+    def step(self, count: int = 1) -> None:
+        """Execute ``count`` instructions on the current CPU (``s``)."""
+        if count < 1:
+            raise TargetError("step count must be positive")
+        self._run("s" if count == 1 else "s %d" % count, time.monotonic() + self.timeout, "step")
+
+    def cont(self, timeout: Optional[float] = None) -> Dict[str, Any]:
+        """Run the guest until it stops and return the stop event.
+
+        Event keys: ``event`` ("vmexit", "magic", "breakpoint", "step", "other" for the
+        reasons Bochs stopped on its own; "halted" when every CPU executed HLT with
+        interrupts disabled, "timeout" when ``timeout`` seconds passed -- both interrupted
+        with SIGINT -- and "ended" when Bochs exited), ``cpu``, ``ticks``, ``pa`` (physical
+        address of the next instruction), ``cs``, ``rip``, ``instruction``, ``breakpoint``
+        (Bochs number), ``console`` (port-0xE9 text printed during this call), ``seconds``
+        and ``detail``.  Breakpoints whose on_hit returns False, and magic breakpoints when
+        :attr:`continue_past_magic` is set, are continued past.
+        """
+        return self._run_until(lambda ev: True, timeout, self.continue_past_magic)
+
+    def run_to_vm_exit(self, timeout: Optional[float] = None, skip_magic: bool = True) -> Dict[str, Any]:
+        """Run until the next VM exit (``vmexitbp`` is switched on and stays on) and return
+        its stop event (``event == "vmexit"`` and the CPU that exited), or the event that
+        ended the wait first (halted, timeout, ended, a breakpoint, or a magic breakpoint
+        when ``skip_magic`` is False)."""
+        self.set_vmexit_break(True)
+        return self._run_until(lambda ev: ev["event"] == "vmexit", timeout, skip_magic)
+
+    def run_exits(self, count: int, timeout: Optional[float] = None, skip_magic: bool = True,
+                  on_exit: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+        """The one-shot helper: run until ``count`` VM exits have happened (``on_exit`` is
+        called at each, stopped there) or the guest halts, Bochs ends, or ``timeout``
+        seconds pass in total.  Returns ``{"exits": [events], "complete": bool,
+        "last": event}``; a one-shot command reports what it saw and exits 2 unless
+        ``complete``."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        exits: List[Dict[str, Any]] = []
+        event: Dict[str, Any] = self.last_stop
+        while len(exits) < count:
+            event = self.run_to_vm_exit(max(deadline - time.monotonic(), 0.0), skip_magic)
+            if event["event"] != "vmexit":
+                break
+            exits.append(event)
+            if on_exit is not None:
+                on_exit(event)
+        return {"exits": exits, "complete": len(exits) >= count, "last": event}
+
+    def _run_until(self, done: Callable[[Dict[str, Any]], bool], timeout: Optional[float],
+                   skip_magic: bool) -> Dict[str, Any]:
+        started = time.monotonic()
+        deadline = started + (self.timeout if timeout is None else timeout)
+        printed: List[str] = []
+        while True:
+            event = self._run("c", deadline, "")
+            printed.append(event["console"])
+            kind = event["event"]
+            if kind in ("halted", "timeout", "ended") or done(event):
+                break
+            if kind == "magic" and skip_magic:
+                continue
+            if kind == "breakpoint":
+                entry = self._breakpoints.get(event["breakpoint"] or -1)
+                if entry is not None and not entry[1](event["cpu"] if event["cpu"] is not None else self._cpu):
+                    continue
+            break
+        event["console"] = "".join(printed)
+        event["seconds"] = round(time.monotonic() - started, 6)
+        self.last_stop = event
+        return event
+
+    def _run(self, line: str, deadline: float, default_kind: str) -> Dict[str, Any]:
+        """One run command: send it, wait (noticing halts), interrupt on timeout."""
+        self._check_alive()
+        started = time.monotonic()
+        watcher = _HaltWatcher(self._bochs.log_path, self._cpus)
+        interrupted = ""
+        try:
+            try:
+                raw = self._bochs.run(line, deadline, watcher.poll)
+            except BochsTimeout:
+                raw, signalled = self._bochs.interrupt()
+                if signalled:
+                    interrupted = "halted" if watcher.halted else "timeout"
+        except BochsEnded as exc:
+            self._ended = str(exc)
+            console = exc.partial.partition("\n")[2]
+            self._keep_console(console)
+            self.stop_generation += 1
+            event = self._event("ended", None, console, time.monotonic() - started)
+            event["detail"] = str(exc)
+            self.last_stop = event
+            return event
+        except KeyboardInterrupt:
+            # leave Bochs stopped at its prompt so that close() can quit it cleanly
+            self.stop_generation += 1
+            try:
+                if self._bochs.alive and not self._bochs.at_prompt:
+                    self._keep_console(bp.split_stop(self._bochs.interrupt()[0])[0])
+            except TargetError:
+                pass
+            raise
+        self.stop_generation += 1
+        console, report, _rest = bp.split_stop(raw)
+        if interrupted:
+            kind = interrupted
+        elif report is None:
+            kind = "other"
+        elif report.kind == "step":
+            kind = default_kind or "other"
+        else:
+            kind = report.kind
+        self._keep_console(console)
+        event = self._event(kind, report, console, time.monotonic() - started)
+        self.last_stop = event
+        return event
+
+    def _event(self, kind: str, report: Optional[bp.StopReport], console: str, seconds: float) -> Dict[str, Any]:
+        cpu = report.cpu if report is not None and report.cpu is not None else (self._cpu if report else None)
+        where = report.cpus.get(cpu) if report is not None and cpu is not None else None
+        return {
+            "event": kind,
+            "cpu": cpu,
+            "ticks": report.ticks if report else None,
+            "pa": where[0] if where else None,
+            "cs": where[1] if where else None,
+            "rip": where[2] if where else None,
+            "instruction": where[3] if where else None,
+            "breakpoint": report.breakpoint if report else None,
+            "console": console,
+            "seconds": round(seconds, 6),
+            "detail": report.header if report else "",
+        }
+
+    def _keep_console(self, text: str) -> None:
+        if not text:
+            return
+        self._console.append(text)
+        self._console_size += len(text)
+        while self._console_size > self.console_limit and len(self._console) > 1:
+            dropped = self._console.pop(0)
+            self._console_size -= len(dropped)
+            self.console_dropped += len(dropped)
+
+    # -- lifetime -------------------------------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        """True while Bochs runs and the session is usable."""
+        return self._ended is None and self._bochs.alive
+
+    def close(self) -> None:
+        """Quit Bochs (terminate or kill it if it does not listen) and reap it; idempotent."""
+        if self._ended is None:
+            self._ended = "closed"
+        self._bochs.close()
+
+    def __enter__(self) -> BochsTarget:
+        return self
+
+
+class _HaltWatcher:
+    """Notices, from the Bochs log, that every CPU executed HLT with interrupts disabled
+    since a run began: such a guest never stops by itself, so the run is interrupted at
+    once instead of waiting for the timeout."""
+
+    def __init__(self, path: str, cpus: int) -> None:
+        self.path = path
+        self.cpus = cpus
+        self.halted = False
+        self._seen: Set[int] = set()
+        try:
+            self._offset = os.path.getsize(path)
+        except OSError:
+            self._offset = -1
+        self._last_check = 0.0
+
+    def poll(self) -> bool:
+        now = time.monotonic()
+        if self._offset < 0 or now - self._last_check < 0.1:
+            return self.halted
+        self._last_check = now
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self._offset)
+                fresh = handle.read()
+        except OSError:
+            return self.halted
+        cut = fresh.rfind(b"\n") + 1
+        self._offset += cut
+        self._seen.update(bp.halted_cpus(fresh[:cut].decode("latin-1")))
+        self.halted = len(self._seen) >= self.cpus
+        return self.halted
+
+
+def _ranges(ram: Optional[int], roms: List[Tuple[int, int]]) -> List[Tuple[int, int]]:
+    """Readable physical ranges: RAM (32 MiB, Bochs's default, if the log did not say) and
+    the ROMs that lie outside it (the system BIOS below 4 GiB)."""
+    size = ram if ram else 32 << 20
+    ranges = [(0, size)]
+    for base, length in roms:
+        if base >= size:
+            ranges.append((base, length))
+    return sorted(ranges)
+
+
+def _pack(commands: List[str]) -> List[str]:
+    """Join commands with ``;`` into as few lines as Bochs accepts whole."""
+    lines: List[str] = []
+    current = ""
+    for command in commands:
+        candidate = command if not current else current + "; " + command
+        if len(candidate) > MAX_LINE and current:
+            lines.append(current)
+            current = command
+        else:
+            current = candidate
+    if current:
+        lines.append(current)
+    return lines
+
+
+def open_bochs(rest: str) -> BochsTarget:
+    """Factory for ``bochs:CONFIG.bxrc`` URIs (vtdbg.target.open)."""
+    return BochsTarget(rest)
