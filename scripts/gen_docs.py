@@ -42,7 +42,9 @@ def fields_page() -> str:
 
 def exit_reasons_page() -> str:
     """Every basic exit reason."""
-    rows = [[r.number, r.name, r.description, r.qualification or "-", r.instruction_info or "-", r.sdm]
+    rows = [[r.number, r.name, r.description,
+             r.qualification or ", ".join("#%d: %s" % kv for kv in r.qualification_by_vector) or "-",
+             r.instruction_info or "-", r.sdm + " (" + ", ".join(r.sources) + ")"]
             for r in exit_reasons.all_exit_reasons()]
     return ("# Exit reasons\n\n" + BANNER +
             _table(["number", "name", "description", "qualification layout", "instruction info", "SDM"], rows))

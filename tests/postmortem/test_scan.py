@@ -158,3 +158,19 @@ def test_scan_text_output_and_file_vs_target(haswell):
     assert status == 0 and "VMCS regions" in out and hex(truth["vmcs_pa"]) in out
     status, _, err = run_cli("--target", "dump:" + str(path), "scan", str(path))
     assert status == 2 and "not both" in err
+
+
+def test_scan_crosses_runs_that_touch_in_memory_but_not_in_the_file(haswell, tmp_path):
+    import struct
+
+    path, truth = haswell
+    image = path.read_bytes()[:0x800000]
+    lime = tmp_path / "split.lime"
+    with open(lime, "wb") as out:  # two LiME ranges back to back in PA, split inside the VMCS page's chunk
+        for start, end in ((0, 0x20FFF), (0x21000, len(image) - 1)):
+            out.write(struct.pack("<IIQQQ", 0x4C694D45, 1, start, end, 0))
+            out.write(image[start:end + 1])
+    with open_dump(str(lime)) as target:
+        assert target.phys_ranges() == [(0, len(image))] and len(target.runs()) == 2
+        found = [v.pa for v in scan(target).vmcs]
+    assert truth["vmcs_pa"] in found

@@ -55,6 +55,8 @@ class ExitReason:
     instruction_info: str | None
     #: for reason 0: exception vector -> qualification layout name
     qualification_by_vector: Tuple[Tuple[int, str], ...] = ()
+    #: where the number and name were confirmed (SDM appendix, Linux, ia32-doc, Bochs ...)
+    sources: Tuple[str, ...] = ()
 
     def qualification_for(self, vector: int | None = None) -> str | None:
         """Qualification layout for this exit, using ``vector`` for exception exits."""
@@ -117,6 +119,7 @@ def _reason_from_row(row: Dict[str, Any]) -> ExitReason:
         qualification=qualification,
         instruction_info=None if info is None else str(info),
         qualification_by_vector=by_vector,
+        sources=tuple(str(source) for source in row.get("sources") or []),
     )
 
 

@@ -87,13 +87,16 @@ def exit_reason_cmd(ctx: Context, args: argparse.Namespace) -> Result:
     reason = _lookup(exit_reasons.lookup_exit_reason, args.reason)
     full = parse_int(args.reason) if looks_numeric(args.reason) else reason.number
     flags = [w for w in _exit_flags(full)]
+    qualification = reason.qualification or (
+        {str(v): n for v, n in reason.qualification_by_vector} if reason.qualification_by_vector else None)
     data = {"number": reason.number, "name": reason.name, "description": reason.description,
-            "aliases": list(reason.aliases), "sdm": reason.sdm, "qualification": reason.qualification,
+            "aliases": list(reason.aliases), "sdm": reason.sdm, "sources": list(reason.sources),
+            "qualification": qualification,
             "instruction_info": reason.instruction_info, "value": full, "entry_failure": bool(full >> 31 & 1),
             "flags": flags}
     pairs = [["number", "%d (0x%x)" % (reason.number, reason.number)], ["name", reason.name],
              ["description", reason.description], ["SDM", reason.sdm],
-             ["qualification", _describe_qual_ref(reason.qualification)],
+             ["qualification", _describe_qual_ref(reason)],
              ["instruction info", reason.instruction_info or "-"],
              ["aliases", ", ".join(reason.aliases) or "-"]]
     if full != reason.number:
@@ -106,12 +109,10 @@ def _exit_flags(value: int) -> List[str]:
     return [d.field.name for d in layout.decode(value) if d.field.width == 1 and d.value]
 
 
-def _describe_qual_ref(qual: Any) -> str:
-    if qual is None:
-        return "none"
-    if isinstance(qual, str):
-        return qual
-    return ", ".join("vector %d: %s" % kv for kv in sorted(qual.items()))
+def _describe_qual_ref(reason: Any) -> str:
+    if reason.qualification_by_vector:
+        return ", ".join("vector %d: %s" % kv for kv in reason.qualification_by_vector)
+    return reason.qualification or "none"
 
 
 # -- controls ------------------------------------------------------------------------------
@@ -212,18 +213,17 @@ def _qual_layout(text: str, vector: Any) -> Any:
         except KeyError:
             raise UsageError("%r is neither an exit reason nor a qualification layout" % text) from None
         return text, None
-    qual = reason.qualification
-    if qual is None:
-        raise UsageError("exit reason %d (%s) has no exit qualification" % (reason.number, reason.name))
-    if isinstance(qual, dict):
+    if reason.qualification_by_vector:
         if vector is None:
-            raise UsageError("exit reason %d needs --vector (%s)" % (reason.number, _describe_qual_ref(qual)))
-        vec = parse_int(vector, "vector")
-        if vec not in qual:
-            raise UsageError("for vector %d the exit qualification is not defined (only %s)"
-                             % (vec, _describe_qual_ref(qual)))
-        return qual[vec], reason.number
-    return qual, reason.number
+            raise UsageError("exit reason %d needs --vector (%s)" % (reason.number, _describe_qual_ref(reason)))
+        name = reason.qualification_for(parse_int(vector, "vector"))
+        if name is None:
+            raise UsageError("for vector %s the exit qualification is not defined (only %s)"
+                             % (vector, _describe_qual_ref(reason)))
+        return name, reason.number
+    if reason.qualification is None:
+        raise UsageError("exit reason %d (%s) has no exit qualification" % (reason.number, reason.name))
+    return reason.qualification, reason.number
 
 
 # -- capability MSRs -----------------------------------------------------------------------

@@ -63,14 +63,10 @@ def qualification_layout(values: Mapping[int, int], reason_value: Optional[int] 
     if reason_value is None:
         return None
     reason = exit_reasons.exit_reason_by_number(reason_value & 0xFFFF)
-    if reason is None or reason.qualification is None:
+    if reason is None:
         return None
-    if isinstance(reason.qualification, str):
-        return reason.qualification
     info = values.get(_enc("VM_EXIT_INTR_INFO"))
-    if info is None:
-        return None
-    return reason.qualification.get(info & 0xFF)
+    return reason.qualification_for(None if info is None else info & 0xFF)
 
 
 def instruction_info_layout(values: Mapping[int, int]) -> Optional[str]:

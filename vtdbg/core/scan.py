@@ -89,10 +89,15 @@ def page_candidates(target: Target, revisions: Optional[Iterable[int]] = None,
         cursor = first
         while cursor + PAGE <= end:
             step = min(VIEW_CHUNK if view_of else READ_CHUNK, (end - cursor) & ~(PAGE - 1))
+            firsts: List[int] = []
             try:
                 firsts = _firsts(view_of(cursor, step) if view_of else target.read_phys(cursor, step))
             except MemoryReadError:
-                firsts = []
+                # a view cannot span two runs of a dump; a copy can
+                try:
+                    firsts = _firsts(target.read_phys(cursor, step)) if view_of else []
+                except MemoryReadError:
+                    firsts = []
             common = wanted.intersection(firsts)
             if common:
                 hits.extend((cursor + i * PAGE, v) for i, v in enumerate(firsts) if v in common)

@@ -428,53 +428,70 @@ class BochsTarget(Target):
         return self._maxphyaddr
 
     def _inject(self, code: bytes, runs: List[Dict[str, int]], needs_cpl0: bool) -> List[Dict[str, int]]:
-        """Execute ``code`` (one instruction) at the current RIP once per entry of ``runs``
-        (registers to set first) and return the general registers after each execution.
+        """Execute ``code`` (one instruction) once per entry of ``runs`` (registers to set
+        first) and return the general registers after each execution.
 
-        The instruction bytes, the general registers it may change, RIP and RFLAGS are
-        restored on every path; only Bochs's tick counter advances.  Interrupts and the trap
-        flag are masked while it runs so the step executes exactly our instruction.
+        Bochs caches decoded instructions by the physical address a trace starts at, and
+        ``setpmem`` does not invalidate that cache.  So the stub is written *inside* a
+        multi-byte instruction at or just after RIP (an address no trace starts at, hence
+        decoded fresh), followed by INVD, which empties Bochs's instruction cache (WBINVD
+        does not) so no decoded stub survives the restore.  The bytes, RAX..RDX, RIP and
+        RFLAGS are restored on every path; Bochs's tick counter advances by a few
+        instructions.  INVD is privileged, so this needs CPL 0 (and VMX root, where
+        neither instruction exits).
         """
         regs = self.registers()
-        state = self.vmx_state()
-        if state["in_vmx_guest"]:
+        if self.vmx_state()["in_vmx_guest"]:
             raise TargetError("cannot run an instruction in VMX non-root mode (it would cause a VM exit); "
                               "stop in the hypervisor first, e.g. run_to_vm_exit()")
         protected = bool(regs.get("cr0", 0) & 1)
-        if regs["rflags"] & _RFLAGS_VM or (needs_cpl0 and protected and regs.get("cs", 0) & 3):
-            raise TargetError("cannot run a privileged instruction: the CPU is not at CPL 0")
+        if regs["rflags"] & _RFLAGS_VM or (protected and regs.get("cs", 0) & 3):
+            raise TargetError("cannot run an instruction on the target: the CPU is not at CPL 0")
+        del needs_cpl0  # INVD makes every injection privileged
         long_mode = self._long_mode(regs)
         rip = regs["rip"]
         linear = rip if long_mode else (regs.get("cs_base", 0) + rip) & 0xFFFFFFFF
-        if (linear & 0xFFF) + len(code) > 0x1000:
-            raise TargetError("cannot inject at 0x%x: the instruction would cross a page" % linear)
+        stub = bytes(code) + b"\x0f\x08"  # the instruction, then INVD
+        spot = None
+        for address, length, _text in bp.parse_disasm(self.command("u /4 0x%x" % linear)):
+            if length >= 2:
+                spot = address + 1
+                break
+        if spot is None or (spot & 0xFFF) + len(stub) > 0x1000 or (spot & ~0xFFF) != (linear & ~0xFFF):
+            raise TargetError("cannot inject near 0x%x: no multi-byte instruction in the next four on this page"
+                              % linear)
         if regs.get("cr0", 0) & (1 << 31):
-            pa = bp.parse_page(self.command("page 0x%x" % linear), linear)
+            pa = bp.parse_page(self.command("page 0x%x" % spot), spot)
             if pa is None:
-                raise TargetError("cannot inject: RIP 0x%x is not mapped" % linear)
+                raise TargetError("cannot inject: 0x%x is not mapped" % spot)
         else:
-            pa = linear
-        if self._check_range(pa, len(code)) or (_LEGACY_WINDOW[0] <= pa < _LEGACY_WINDOW[1]) or pa >= 0xFFF00000:
+            pa = spot
+        ram = self._ranges[0][1]
+        if pa + len(stub) > ram or _LEGACY_WINDOW[0] <= pa < _LEGACY_WINDOW[1]:
             raise TargetError("cannot inject at physical 0x%x: not writable RAM" % pa)
-        original = self.read_phys(pa, len(code))
+        stub_rip = rip + (spot - linear)
+        original = self.read_phys(pa, len(stub))
 
-        def width(reg: str) -> str:
+        def name(reg: str) -> str:
             return reg if long_mode else _NARROW.get(reg, reg)
 
-        clobbered = ("rax", "rbx", "rcx", "rdx")
-        writes = ["setpmem 0x%x 1 0x%x" % (pa + i, b) for i, b in enumerate(code)]
+        def value(reg: str) -> int:
+            return regs[reg] if long_mode else regs[reg] & 0xFFFFFFFF
+
         restore = ["setpmem 0x%x 1 0x%x" % (pa + i, b) for i, b in enumerate(original)]
-        restore += ["set %s = 0x%x" % (width(r), regs[r] if long_mode else regs[r] & 0xFFFFFFFF) for r in clobbered]
-        restore += ["set $eflags = 0x%x" % regs["rflags"], "set %s = 0x%x" % (width("rip"), rip),
-                    "xp /%dbx 0x%x" % (len(code), pa)]
+        restore += ["set %s = 0x%x" % (name(r), value(r)) for r in ("rax", "rbx", "rcx", "rdx")]
+        restore += ["set $eflags = 0x%x" % regs["rflags"], "set %s = 0x%x" % (name("rip"), rip),
+                    "xp /%dbx 0x%x" % (len(stub), pa)]
         outputs: List[Dict[str, int]] = []
         self.stop_generation += 1
+        written = False
         try:
-            self._expect_silent(writes + ["set $eflags = 0x%x" % (regs["rflags"] & ~(_RFLAGS_IF | _RFLAGS_TF))])
+            written = True
+            self._expect_silent(["setpmem 0x%x 1 0x%x" % (pa + i, b) for i, b in enumerate(stub)]
+                                + ["set $eflags = 0x%x" % (regs["rflags"] & ~(_RFLAGS_IF | _RFLAGS_TF))])
             for run in runs:
-                sets = ["set %s = 0x%x" % (width(r), v) for r, v in run.items()]
-                line = "; ".join(sets + ["set %s = 0x%x" % (width("rip"), rip), "s", "r"])
-                text = self.command(line)
+                sets = ["set %s = 0x%x" % (name(r), v) for r, v in run.items()]
+                text = self.command("; ".join(sets + ["set %s = 0x%x" % (name("rip"), stub_rip), "s", "r"]))
                 _console, report, rest = bp.split_stop(text)
                 where = report.cpus.get(self._cpu) if report else None
                 if where is None or where[0] != pa + len(code):
@@ -486,17 +503,21 @@ class BochsTarget(Target):
                 outputs.append(after)
         finally:
             self.stop_generation += 1
-            answer = ""
-            if self.alive:
+            if written and self.alive:
+                # INVD last: drop every decoded copy of the stub before the bytes come back
+                flush = self.command("set %s = 0x%x; s" % (name("rip"), stub_rip + len(code)))
+                _c, report, _r = bp.split_stop(flush)
+                flushed = report is not None and report.cpus.get(self._cpu, (None,))[0] == pa + len(stub)
+                answer = ""
                 for line in _pack(restore):
                     answer = self.command(line)
-            try:
-                back = bp.dump_bytes(bp.parse_dump(answer, pa, len(code), unit=1), unit=1)
-            except bp.DumpError:
-                back = b""
-            if back != original:
-                raise TargetError("could not restore the %d code bytes at 0x%x after an injected instruction"
-                                  % (len(code), pa))
+                try:
+                    back = bp.dump_bytes(bp.parse_dump(answer, pa, len(stub), unit=1), unit=1)
+                except bp.DumpError:
+                    back = b""
+                if back != original or not flushed:
+                    raise TargetError("could not undo an injected instruction at 0x%x cleanly (%s)" % (
+                        pa, "bytes differ" if back != original else "INVD did not run"))
         return outputs
 
     def _expect_silent(self, commands: List[str]) -> None:

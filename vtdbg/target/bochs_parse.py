@@ -317,6 +317,16 @@ def split_stop(text: str) -> Tuple[str, Optional[StopReport], str]:
     return console, report, rest[consumed:].lstrip("\n")
 
 
+# -- disassembly (u) ------------------------------------------------------------------------
+
+_DISASM = re.compile(r"^([0-9a-fA-F]+): \([^)]*\): (.*?)\s*; ([0-9a-fA-F]+)\s*$", re.M)
+
+
+def parse_disasm(text: str) -> List[Tuple[int, int, str]]:
+    """``u /N addr`` lines as (linear address, instruction length, text)."""
+    return [(int(addr, 16), len(raw) // 2, insn) for addr, insn, raw in _DISASM.findall(text)]
+
+
 # -- breakpoints, paging, start-up, logs --------------------------------------------------------
 
 _BLIST = re.compile(r"^\s*(\d+)\s+(\w+)\s+(\w+)\s+([yn])\s+0x([0-9a-fA-F]+)", re.M)

@@ -38,13 +38,14 @@ class Memory:
 
 
 class SparseMemory(Memory):
-    """The snapshot model: listed little-endian writes over a sea of zeros."""
+    """The snapshot model: listed little-endian writes over a sea of zeros, or (``zero=False``,
+    for snapshots saved from a target) over unknown bytes."""
 
-    description = "snapshot memory (unlisted bytes read 0)"
-
-    def __init__(self, writes: Iterable[Tuple[int, bytes]] = ()) -> None:
+    def __init__(self, writes: Iterable[Tuple[int, bytes]] = (), zero: bool = True) -> None:
         self._bytes: Dict[int, int] = {}
         self.writes: List[Tuple[int, bytes]] = []
+        self.zero = zero
+        self.description = "snapshot memory (unlisted bytes %s)" % ("read 0" if zero else "unknown")
         for address, data in writes:
             self.write(address, data)
 
@@ -55,12 +56,14 @@ class SparseMemory(Memory):
             self._bytes[pa + offset] = byte
 
     def read(self, pa: int, size: int) -> bytes:
+        if not self.zero and any(pa + i not in self._bytes for i in range(size)):
+            raise Unknown("memory", "0x%x" % pa, "%d bytes at 0x%x are not in the snapshot" % (size, pa))
         return bytes(self._bytes.get(pa + i, 0) for i in range(size))
 
     @classmethod
-    def from_json(cls, entries: Iterable[Mapping[str, Any]]) -> "SparseMemory":
+    def from_json(cls, entries: Iterable[Mapping[str, Any]], zero: bool = True) -> "SparseMemory":
         """Parse the snapshot's ``"memory"`` list of ``{"address", "size", "value"}``."""
-        memory = cls()
+        memory = cls(zero=zero)
         for number, entry in enumerate(entries):
             try:
                 address = as_int(entry["address"])

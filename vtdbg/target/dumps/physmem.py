@@ -121,7 +121,12 @@ def normalise_runs(runs: Iterable[Run], file_size: int, warnings: List[str], wha
             cut = overlap_end - run.pa
             run = Run(overlap_end, length - cut, run.file_offset + cut)
             length = run.length
-        out.append(Run(run.pa, length, run.file_offset))
+        last = out[-1] if out else None
+        if last is not None and last.pa + last.length == run.pa and last.file_offset + last.length == run.file_offset:
+            # contiguous in memory and in the file: one run, so scanners get one view
+            out[-1] = Run(last.pa, last.length + length, last.file_offset)
+        else:
+            out.append(Run(run.pa, length, run.file_offset))
     if beyond:
         warnings.append("%d %s(s) lie beyond 52-bit physical memory; ignored" % (beyond, what))
     if repeats:
