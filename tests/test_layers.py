@@ -12,7 +12,7 @@ PACKAGE = ROOT / "vtdbg"
 HOST_LIBRARIES = {"pykd", "prompt_toolkit", "pygments", "kdmp_parser"}
 #: the only vtdbg.target modules that core code may use
 CORE_TARGET_MODULES = {"vtdbg.target.base", "vtdbg.target.paging"}
-LOW_LAYERS = ("lib", "arch", "layouts", "core")
+LOW_LAYERS = ("lib", "arch", "layouts", "profiles", "core")
 HIGH_PACKAGES = ("vtdbg.commands", "vtdbg.render", "vtdbg.frontends")
 
 

@@ -435,6 +435,9 @@ def test_profiles_command():
     assert "hfs_part8" in names and "hyperbone" in names
     status, out, err = _run(["profiles", "--detect", "--json"], Hfs8().k)
     assert json.loads(out)["detected"] == "hfs_part8"
+    status, out, err = _run(["profiles", "hfs_part8", "--json"], Hfs8().k)
+    doc = json.loads(out)
+    assert doc["per_cpu"]["fields"]["vmcs"]["offset"] == 0x18 and doc["vmm_stack"]["size"] == 0x8000
     status, out, err = _run(["profiles", "hyperbone"], Hfs8().k)
     assert status == 0 and "HYPERVISOR_ERROR" in out and "DarthTon/HyperBone@" in out
 

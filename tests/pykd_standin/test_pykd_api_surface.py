@@ -7,6 +7,7 @@ import ast
 import importlib.util
 import inspect
 import re
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Set
 
@@ -14,6 +15,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 STANDIN = Path(__file__).resolve().parent / "pykd.py"
+# pytest put this folder (it has no __init__.py) on sys.path to import this file; take it
+# off again, or every later `import pykd` in the session would silently get the stand-in
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != STANDIN.parent]
 #: methods vtdbg calls on objects pykd returns: class -> methods
 METHODS = {"breakpoint": ["remove"], "module": ["name", "begin", "size"], "typeInfo": ["fieldOffset"]}
 _SPAN = re.compile(r"`([^`]+)`")

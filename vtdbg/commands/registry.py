@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from vtdbg.commands.result import Result
 from vtdbg.lib.errors import UsageError
@@ -26,6 +26,8 @@ class Context:
     opener: Optional[Callable[[str], Target]] = None
     _target: Optional[Target] = None
     warnings: List[str] = field(default_factory=list)
+    #: state that outlives one command (shell sessions, `!py -g`): trace events, step position
+    state: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def target(self) -> Target:

@@ -8,7 +8,6 @@ from vtdbg.arch.fields import VmcsField, all_fields, lookup_field
 from vtdbg.commands.registry import COMMANDS, Context, arguments, command
 from vtdbg.commands.result import Block, Heading, KeyValues, Link, Result, Table, Text, hex_value
 from vtdbg.core.describe import describe, describe_access_rights
-from vtdbg.core.locate import find_vmcs
 from vtdbg.core.vmcs import Vmcs, header_of, read_vmcs
 from vtdbg.lib.errors import UsageError, VtdbgError
 from vtdbg.lib.numbers import parse_address, parse_int
@@ -143,10 +142,14 @@ def _cpu_list(ctx: Context, count: int) -> List[int]:
 
 
 def _regions(ctx: Context) -> List[int]:
-    found = find_vmcs(ctx.target)
-    if not found:
+    """VMCS addresses per CPU: from the target profile when symbols allow, else a scan."""
+    from vtdbg.core.regions import find_regions
+
+    found = find_regions(ctx.target, warnings=ctx.warnings)
+    pas = [r.vmcs_pa for r in found if r.vmcs_pa is not None]
+    if not pas:
         raise VtdbgError("no VMCS found in %s; give --at PA" % ctx.target.description)
-    return [c.pa for c in found]
+    return pas
 
 
 @command("vmcs", help="decode a VMCS region: controls, guest/host state, last exit",

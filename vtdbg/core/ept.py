@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from vtdbg.arch.bitfields import BitLayout, layout
 from vtdbg.lib.errors import DecodeError, MemoryReadError
@@ -33,6 +33,26 @@ INVALID_MEMORY_TYPES = (2, 3, 7)
 #: default bound on tables visited by a full walk (4 KiB each; 8192 tables map >= 16 GiB)
 DEFAULT_MAX_TABLES = 8192
 ADDRESS_MASK = 0x000FFFFFFFFFF000
+
+
+#: entries with the accessed (8) and dirty (9) flags cleared compare equal when they map alike
+_AD_CLEAR = ((1 << 64) - 1) & ~0x300
+
+
+def _run_length(entries: Tuple[int, ...], index: int, value: int, span: int) -> int:
+    """How many entries from ``index`` on equal ``value``, ``value + span``, ... (binary
+    search over prefix equality, each probe one tuple comparison)."""
+    limit = len(entries) - index
+    if entries[index:] == tuple(range(value, value + limit * span, span)):
+        return limit
+    low, high = 1, limit - 1
+    while low < high:
+        middle = (low + high + 1) // 2
+        if entries[index:index + middle] == tuple(range(value, value + middle * span, span)):
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 class EptError(DecodeError):
@@ -217,6 +237,7 @@ class EptWalker:
         self.tables_visited = 0
         #: an execute-only or 1-GiB entry was met while ``caps`` was unknown
         self.caps_unjudged = False
+        self._walked: Optional[Tuple[List[MapRange], List[Misconfiguration]]] = None
         lays = _layouts()
         self._mt = _bits(lays["ept_pte"], "memory_type")
         self._ipat = _bits(lays["ept_pte"], "ignore_pat")
@@ -334,75 +355,116 @@ class EptWalker:
         return read_gpa
 
     # -- the whole hierarchy --------------------------------------------------------------
-    def walk(self) -> Iterator[Tuple[int, EptEntry]]:
-        """(GPA base, entry) for every present entry, leaves and tables, in GPA order.
+    def _reserved(self, level: int, leaf: bool) -> int:
+        """Reserved-bit mask of an entry (see :meth:`_issues`)."""
+        mask = 0
+        if level >= 4:
+            mask |= 0xF8
+        elif not leaf:
+            mask |= 0x78
+        elif level == 3:
+            mask |= ((1 << 30) - 1) & ~0xFFF
+        elif level == 2:
+            mask |= ((1 << 21) - 1) & ~0xFFF
+        if self.phys_bits < 52:
+            mask |= ((1 << 52) - 1) & ~((1 << self.phys_bits) - 1)
+        return mask
 
-        Raises :class:`EptError` on a cycle or when more than ``max_tables`` tables would be
-        visited.  Tables missing from memory are recorded in ``unreadable`` and skipped.
-        """
+    def _traverse(self) -> Tuple[List[MapRange], List[Misconfiguration]]:
+        """One bounded pass over the hierarchy: merged leaf ranges and misconfigured
+        entries.  Hot loop on plain ints; an EptEntry is built only for a bad entry."""
+        if self._walked is not None:
+            return self._walked
         self.tables_visited = 0
         self.unreadable = []
-        yield from self._walk_table(self.root, self.levels, 0, ())
+        ranges: List[MapRange] = []
+        misconfigs: List[Misconfiguration] = []
+        reserved = {(level, leaf): self._reserved(level, leaf) for level in range(1, 6) for leaf in (False, True)}
+        caps_known = self.caps is not None
+        exec_only_ok = caps_known and bool(self.caps & 1)  # type: ignore[operator]
+        one_gig_ok = caps_known and bool(self.caps >> 17 & 1)  # type: ignore[operator]
+        rights_bits = 0x407 if self.mbec else 0x7
+        present_bits = rights_bits
 
-    def _walk_table(self, table: int, level: int, base: int, path: Tuple[int, ...]) -> Iterator[Tuple[int, EptEntry]]:
-        if table in path:
-            raise EptError("EPT cycle: an entry of the table at 0x%x (GPA 0x%x) points back to the table at 0x%x "
-                           "above it" % (path[-1], base, table))
-        self.tables_visited += 1
-        if self.tables_visited > self.max_tables:
-            raise EptError("EPT walk stopped after %d tables (cyclic, shared or absurdly large tables; raise "
-                           "--max-tables to go further)" % self.max_tables)
-        try:
-            entries = self._table(table)
-        except MemoryReadError:
-            self.unreadable.append(table)
-            return
-        span = LEVEL_SPAN[level]
-        for index, value in enumerate(entries):
-            if not value or not self._present(value):
-                continue
-            entry = self._entry(level, table, index, value)
-            gpa = base + index * span
-            yield gpa, entry
-            if not entry.leaf and not entry.issues:
-                yield from self._walk_table(entry.address, level - 1, gpa, path + (table,))
+        def bad(level: int, value: int, leaf: bool) -> bool:
+            perms = value & 7
+            if not caps_known and (perms == 4 or (leaf and level == 3)):
+                self.caps_unjudged = True
+            return bool(perms & 3 == 2 or value & reserved[(level, leaf)]
+                        or (perms == 4 and caps_known and not exec_only_ok)
+                        or (leaf and (((value >> 3) & 7) in INVALID_MEMORY_TYPES
+                                      or (level == 3 and caps_known and not one_gig_ok))))
 
-    def mappings(self) -> Iterator[MapRange]:
-        """Leaf mappings with their effective rights (the AND of every level), GPA order."""
-        rights: Dict[int, Tuple[bool, bool, bool, bool]] = {}
-        for gpa, entry in self.walk():
-            above = rights.get(entry.level + 1, (True, True, True, True))
-            mine = (above[0] and entry.read, above[1] and entry.write, above[2] and entry.execute,
-                    above[3] and entry.user_execute)
-            rights[entry.level] = mine
-            if entry.leaf and not entry.issues:
-                span = LEVEL_SPAN[entry.level]
-                yield MapRange(gpa, span, entry.address, mine[0], mine[1], mine[2], mine[3],
-                               entry.memory_type or 0, bool(entry.ignore_pat), span)
+        def add(gpa: int, size: int, span: int, hpa: int, value: int, rights: int) -> None:
+            mine = rights & (value & rights_bits)
+            memory_type = (value >> 3) & 7
+            ipat = bool(value & 0x40)
+            last = ranges[-1] if ranges else None
+            if last is not None and last.gpa + last.size == gpa and last.hpa + last.size == hpa \
+                    and last.memory_type == memory_type and last.ignore_pat == ipat \
+                    and last.read == bool(mine & 1) and last.write == bool(mine & 2) \
+                    and last.execute == bool(mine & 4) and last.user_execute == bool(mine & 0x400):
+                last.size += size
+                last.page_size = min(last.page_size, span)
+            else:
+                ranges.append(MapRange(gpa, size, hpa, bool(mine & 1), bool(mine & 2), bool(mine & 4),
+                                       bool(mine & 0x400), memory_type, ipat, span))
+
+        def visit(table: int, level: int, base: int, path: Tuple[int, ...], rights: int) -> None:
+            if table in path:
+                raise EptError("EPT cycle: an entry of the table at 0x%x (GPA 0x%x) points back to the table at "
+                               "0x%x above it" % (path[-1], base, table))
+            self.tables_visited += 1
+            if self.tables_visited > self.max_tables:
+                raise EptError("EPT walk stopped after %d tables (cyclic, shared or absurdly large tables; raise "
+                               "--max-tables to go further)" % self.max_tables)
+            try:
+                entries = self._table(table)
+            except MemoryReadError:
+                self.unreadable.append(table)
+                return
+            span = LEVEL_SPAN[level]
+            can_be_leaf = level <= 3
+            # accessed/dirty flags differ from entry to entry without changing the mapping
+            masked = tuple(v & _AD_CLEAR for v in entries)
+            present = [i for i, v in enumerate(masked) if v & present_bits]
+            pos = 0
+            while pos < len(present):
+                index = present[pos]
+                value = masked[index]
+                leaf = level == 1 or (can_be_leaf and bool(value & 0x80))
+                if bad(level, value, leaf):
+                    entry = self._entry(level, table, index, entries[index])
+                    misconfigs.append(Misconfiguration(base + index * span, level, entry.entry_pa, entries[index],
+                                                       entry.issues))
+                    pos += 1
+                    continue
+                gpa = base + index * span
+                if not leaf:
+                    visit(value & ADDRESS_MASK, level - 1, gpa, path + (table,), rights & (value & rights_bits))
+                    pos += 1
+                    continue
+                # a run of leaves that differ only by their address, one span apart, is one
+                # block: found with C-speed tuple comparisons instead of an entry-by-entry loop
+                count = _run_length(masked, index, value, span)
+                if count > 1 and bad(level, masked[index + count - 1], leaf):
+                    count = 1
+                add(gpa, count * span, span, value & ADDRESS_MASK & ~(span - 1), value, rights)
+                pos += count
+
+        visit(self.root, self.levels, 0, (), 0x407)
+        self._walked = (ranges, misconfigs)
+        return self._walked
 
     def merged_map(self) -> List[MapRange]:
-        """:meth:`mappings` with neighbours merged when rights, memory type and the host
-        side all continue."""
-        merged: List[MapRange] = []
-        for item in self.mappings():
-            last = merged[-1] if merged else None
-            if last is not None and last.gpa + last.size == item.gpa and last.hpa + last.size == item.hpa \
-                    and last.attrs() == item.attrs():
-                last.size += item.size
-                last.page_size = min(last.page_size, item.page_size)
-            else:
-                merged.append(item)
-        return merged
+        """Leaf mappings in GPA order with their effective rights (the AND of every level),
+        neighbours merged when rights, memory type and the host side all continue.
+        Raises :class:`EptError` on a cycle or past ``max_tables`` tables."""
+        return [MapRange(**vars(r)) for r in self._traverse()[0]]
 
     def misconfigurations(self, limit: int = 1000) -> List[Misconfiguration]:
         """Entries that would cause EPT-misconfiguration exits (at most ``limit``)."""
-        found = []
-        for gpa, entry in self.walk():
-            if entry.issues:
-                found.append(Misconfiguration(gpa, entry.level, entry.entry_pa, entry.value, entry.issues))
-                if len(found) >= limit:
-                    break
-        return found
+        return list(self._traverse()[1][:limit])
 
 
 def find_hooks(ranges: List[MapRange], max_size: int = 1 << 21) -> List[Dict[str, Any]]:

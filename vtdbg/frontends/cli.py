@@ -110,6 +110,7 @@ def run(argv: Sequence[str], stdout: IO[str], stderr: IO[str], context: Optional
             stdout.write(parser.format_help())
             return EXIT_ERROR if argv else 0
         ctx = context or Context()
+        ctx.warnings = []  # a reused (shell) context must not repeat old warnings
         ctx.json = bool(args.json)
         ctx.debug = bool(args.debug)
         ctx.cpu = args.cpu

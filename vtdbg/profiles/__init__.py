@@ -141,11 +141,27 @@ class Profile:
     builtin: bool = True
 
     def to_json(self) -> Dict[str, Any]:
-        """The profile as loaded (the file's document plus where it came from)."""
-        out = dict(self.doc)
+        """The profile as loaded (the file's document plus where it came from), with the
+        "0x.." strings the files may use turned into JSON numbers (shared/DESIGN.md)."""
+        out = _numbers(self.doc)
+        assert isinstance(out, dict)
         out["builtin"] = self.builtin
         out["path"] = self.path
         return out
+
+
+_HEX_RE = re.compile(r"^0[xX][0-9a-fA-F]+$")
+
+
+def _numbers(value: Any) -> Any:
+    """A copy of ``value`` with whole-string hex numbers as ints (keys stay strings)."""
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    if isinstance(value, str) and _HEX_RE.match(value):
+        return int(value, 16)
+    return value
 
 
 # -- parsing --------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ set_register           ``set reg = value``                                      
 vmx_state()            ``show "cpuN.VMX"``                                          1
 resume / step          ``c`` / ``s``                                                1+
 read_msr (param tree)  ``show "cpuN.MSR.name"``                                     1
-read_msr (VMX caps)    an injected RDMSR, see :meth:`BochsTarget.read_msrs`         ~5
+read_msrs (VMX caps)   injected RDMSR session (:mod:`~vtdbg.target.bochs_inject`)   ~12/all
+maxphyaddr()           injected CPUID session (cached)                              ~9
 =====================  ==========================================================  ======
 
 Bochs keeps the VMCS in guest memory, so a memory decode is exact except for the guest
@@ -33,15 +34,13 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set,
 from vtdbg.lib.errors import MemoryReadError, MemoryWriteError, TargetError
 from vtdbg.target import bochs_parse as bp
 from vtdbg.target.base import Breakpoint, Capability, Target
-from vtdbg.target.bochs_pty import MAX_LINE, BochsEnded, BochsProcess, BochsTimeout
+from vtdbg.target.bochs_inject import CLOBBERED, CPUID, NARROW, RDMSR, InjectedStub
+from vtdbg.target.bochs_pty import BochsEnded, BochsProcess, BochsTimeout, pack_lines
 
 #: one ``xp`` prints ~4.3 bytes of text per byte read; bigger requests are split
 MAX_READ_PER_COMMAND = 4 << 20
 #: legacy VGA/option-ROM/BIOS window: reads and writes there may hit ROM, so writes are verified
 _LEGACY_WINDOW = (0xA0000, 0x100000)
-_RFLAGS_TF = 1 << 8
-_RFLAGS_IF = 1 << 9
-_RFLAGS_VM = 1 << 17
 _EFER_LMA = 1 << 10
 _AR_L = 1 << 13
 
@@ -59,11 +58,8 @@ PARAM_MSRS.update({0x201 + 2 * i: "mtrrphysmask%d" % i for i in range(8)})
 PARAM_MSRS.update({0x268 + i: "mtrrfix4k_%s" % base for i, base in
                    enumerate(("c0000", "c8000", "d0000", "d8000", "e0000", "e8000", "f0000", "f8000"))})
 
-#: 64-bit register -> the name Bochs accepts outside 64-bit mode
-_NARROW = {"rax": "eax", "rbx": "ebx", "rcx": "ecx", "rdx": "edx", "rsi": "esi", "rdi": "edi",
-           "rsp": "esp", "rbp": "ebp", "rip": "eip"}
-_GPRS = set(_NARROW) | {"r%d" % i for i in range(8, 16)}
-_SETTABLE = _GPRS | set(_NARROW.values()) | {"cs", "ds", "es", "fs", "gs", "ss", "ip"} | {
+_GPRS = set(NARROW) | {"r%d" % i for i in range(8, 16)}
+_SETTABLE = _GPRS | set(NARROW.values()) | {"cs", "ds", "es", "fs", "gs", "ss", "ip"} | {
     "r%d%s" % (i, s) for i in range(8, 16) for s in ("d", "w", "b")} | {
     "ax", "bx", "cx", "dx", "si", "di", "sp", "bp", "al", "bl", "cl", "dl", "ah", "bh", "ch", "dh"}
 _FLAG_NAMES = {"rflags", "eflags", "flags"}
@@ -101,21 +97,10 @@ class BochsTarget(Target):
         #: continue automatically past magic breakpoints (xchg bx,bx) in resume()
         self.continue_past_magic = continue_past_magic
         self.console_limit = console_limit
-        # relative paths in a bochsrc (disk images, ROMs) are resolved from Bochs's working
-        # directory; starting it beside the config makes `bochs:dir/lab.bxrc` just work
-        self._bochs = BochsProcess(config, bochs=bochs, overrides=overrides, extra=extra_lines,
-                                   isolate=isolate, startup_timeout=startup_timeout,
-                                   cwd=os.path.dirname(config))
-        banner = self._bochs.banner.replace("\r", "")
-        #: release from the banner ("2.7", "2.8", "3.0", ...) or None
-        self.bochs_version = bp.banner_version(banner)
-        #: the VMCS layout this Bochs writes; pass it to vmcs.read_vmcs(layout_name=...)
-        self.preferred_layout = bp.layout_for_version(self.bochs_version)
-        self._cpus = bp.startup_cpus(banner)
-        self.capabilities = self.BASE_CAPABILITIES | (Capability.CPU_SELECT if self._cpus > 1 else Capability.NONE)
+        self.capabilities = self.BASE_CAPABILITIES
         self._cpu = 0
-        ram, roms = bp.memory_layout(self._bochs.log_text())
-        self._ranges = _ranges(ram, roms)
+        self._cpus = 1
+        self._ranges: List[Tuple[int, int]] = [(0, 32 << 20)]
         self._console: List[str] = []
         self._console_size = 0
         #: bytes of console output dropped from the front to respect console_limit
@@ -127,9 +112,28 @@ class BochsTarget(Target):
         self._cpuid: Dict[Tuple[int, int, int], Tuple[int, int, int, int]] = {}
         self._maxphyaddr: Optional[int] = None
         self._ended: Optional[str] = None
-        _console, report, _rest = bp.split_stop(banner)
-        #: the last stop event (the reset state right after start-up)
-        self.last_stop: Dict[str, Any] = self._event("start", report, "", 0.0)
+        # relative paths in a bochsrc (disk images, ROMs) are resolved from Bochs's working
+        # directory; starting it beside the config makes `bochs:dir/lab.bxrc` just work
+        self._bochs = BochsProcess(config, bochs=bochs, overrides=overrides, extra=extra_lines,
+                                   isolate=isolate, startup_timeout=startup_timeout,
+                                   cwd=os.path.dirname(config))
+        try:
+            banner = self._bochs.banner.replace("\r", "")
+            #: release from the banner ("2.7", "2.8", "3.0", ...) or None
+            self.bochs_version = bp.banner_version(banner)
+            #: the VMCS layout this Bochs writes; pass it to vmcs.read_vmcs(layout_name=...)
+            self.preferred_layout = bp.layout_for_version(self.bochs_version)
+            self._cpus = bp.startup_cpus(banner)
+            if self._cpus > 1:
+                self.capabilities = self.BASE_CAPABILITIES | Capability.CPU_SELECT
+            ram, roms = bp.memory_layout(self._bochs.log_text())
+            self._ranges = _ranges(ram, roms)
+            _console, report, _rest = bp.split_stop(banner)
+            #: the last stop event (the reset state right after start-up)
+            self.last_stop: Dict[str, Any] = self._event("start", report, "", 0.0)
+        except BaseException:
+            self._bochs.close()
+            raise
 
     # -- identity -----------------------------------------------------------------------------
     @property
@@ -239,7 +243,7 @@ class BochsTarget(Target):
             commands.append("setpmem 0x%x %d 0x%x" % (pa + offset, width, value))
             offset += width
         try:
-            for line in _pack(commands):
+            for line in pack_lines([[c] for c in commands]):
                 answer = self.command(line).strip()
                 if answer:
                     raise MemoryWriteError("Bochs refused a write at 0x%x: %s" % (pa, answer.splitlines()[0]))
@@ -296,9 +300,9 @@ class BochsTarget(Target):
         elif reg in _SETTABLE:
             bochs_name = reg
             if reg in _GPRS and not self._long_mode(self.registers()):
-                if reg not in _NARROW or value >> 32:
+                if reg not in NARROW or value >> 32:
                     raise TargetError("Bochs sets %s only in 64-bit mode; the CPU is not in 64-bit mode" % name)
-                bochs_name = _NARROW[reg]
+                bochs_name = NARROW[reg]
         else:
             raise TargetError("Bochs's debugger cannot change %s (its `set` covers general registers, rip, "
                               "rflags and segment selectors)" % name)
@@ -371,53 +375,66 @@ class BochsTarget(Target):
         return value
 
     def _vmx_msrs(self, wanted: List[int]) -> Dict[int, int]:
-        known = {i: v for (cpu, i), v in self._msrs.items() if cpu == self._cpu}
-        if not self.cpuid(1)[2] & (1 << 5):
-            raise TargetError("this Bochs CPU model has no VMX (CPUID.1:ECX.VMX = 0), so IA32_VMX_* MSRs do not exist")
+        cpu = self._cpu
+        known = {i: v for (c, i), v in self._msrs.items() if c == cpu}
+        if all(i in known for i in wanted):
+            return {i: known[i] for i in wanted}
+        with InjectedStub(self, [CPUID, RDMSR]) as stub:
+            if (cpu, 1, 0) not in self._cpuid:
+                regs = stub.run([(0, {"rax": 1, "rcx": 0})])[0]
+                self._cpuid[(cpu, 1, 0)] = tuple(regs[r] & 0xFFFFFFFF for r in CLOBBERED)  # type: ignore[assignment]
+            if not self._cpuid[(cpu, 1, 0)][2] & (1 << 5):
+                raise TargetError("this CPU has no VMX (CPUID.1:ECX.VMX = 0): IA32_VMX_* MSRs do not exist")
 
-        def fetch(indices: List[int]) -> None:
-            missing = [i for i in indices if i not in known]
-            if missing:
-                outputs = self._inject(b"\x0f\x32", [{"rcx": i} for i in missing], needs_cpl0=True)
-                for i, regs in zip(missing, outputs):
+            def fetch(indices: List[int]) -> None:
+                missing = [i for i in dict.fromkeys(indices) if i not in known]
+                for i, regs in zip(missing, stub.run([(1, {"rcx": i}) for i in missing])):
                     known[i] = ((regs["rdx"] & 0xFFFFFFFF) << 32) | (regs["rax"] & 0xFFFFFFFF)
-                    self._msrs[(self._cpu, i)] = known[i]
+                    self._msrs[(cpu, i)] = known[i]
 
-        # the SDM's existence rules (Appendix A): each later MSR is gated by an earlier one
-        fetch([i for i in wanted if i <= 0x48A] + ([0x480, 0x482] if any(i > 0x48A for i in wanted) else []))
-        exists = {i: True for i in range(0x480, 0x48B)}
-        exists[0x48B] = bool(known.get(0x482, 0) >> 63)
-        if any(i > 0x48B for i in wanted) and exists[0x48B]:
-            fetch([0x48B])
-        proc2_allowed = known.get(0x48B, 0) >> 32 if exists[0x48B] else 0
-        exists[0x48C] = bool(proc2_allowed & ((1 << 1) | (1 << 5)))  # enable EPT or enable VPID
-        for i in range(0x48D, 0x491):
-            exists[i] = bool(known.get(0x480, 0) >> 55 & 1)
-        exists[0x491] = bool(proc2_allowed & (1 << 13))  # enable VM functions
-        exists[0x492] = bool(known.get(0x482, 0) >> 49 & 1)  # activate tertiary controls
+            # the SDM's existence rules (Appendix A.1-A.11): later MSRs are gated by earlier ones
+            later = any(i > 0x48A for i in wanted)
+            fetch([i for i in wanted if i <= 0x48A] + ([0x480, 0x482] if later else []))
+            exists = {i: True for i in range(0x480, 0x48B)}
+            exists[0x48B] = bool(known.get(0x482, 0) >> 63)
+            for i in range(0x48D, 0x491):
+                exists[i] = bool(known.get(0x480, 0) >> 55 & 1)
+            exists[0x492] = bool(known.get(0x482, 0) >> 49 & 1)  # "activate tertiary controls" allowed
+            fetch([i for i in wanted if exists.get(i) and 0x48B <= i <= 0x492 and i not in (0x48C, 0x491)]
+                  + ([0x48B] if exists[0x48B] and any(i in (0x48C, 0x491) for i in wanted) else []))
+            allowed2 = known.get(0x48B, 0) >> 32 if exists[0x48B] else 0
+            exists[0x48C] = bool(allowed2 & ((1 << 1) | (1 << 5)))  # enable EPT or enable VPID allowed
+            exists[0x491] = bool(allowed2 & (1 << 13))  # enable VM functions allowed
+            fetch([i for i in wanted if i in (0x48C, 0x491) and exists[i]])
         absent = [i for i in wanted if not exists.get(i, False)]
         if absent:
-            raise TargetError("IA32_VMX MSR%s %s do%s not exist on this CPU model (SDM Appendix A)" % (
-                "s" if len(absent) > 1 else "", ", ".join("0x%x" % i for i in absent), "" if len(absent) > 1 else "es"))
-        fetch(wanted)
+            raise TargetError("IA32_VMX MSR %s: not present on this CPU model (SDM Appendix A)"
+                              % ", ".join("0x%x" % i for i in absent))
         return {i: known[i] for i in wanted}
 
     def cpuid(self, leaf: int, subleaf: int = 0) -> Tuple[int, int, int, int]:
-        """(eax, ebx, ecx, edx) of CPUID on the current CPU, by executing it once on the
-        target (cached per CPU for the session)."""
-        key = (self._cpu, leaf, subleaf)
-        if key not in self._cpuid:
-            regs = self._inject(b"\x0f\xa2", [{"rax": leaf, "rcx": subleaf}], needs_cpl0=False)[0]
-            self._cpuid[key] = tuple(regs[r] & 0xFFFFFFFF for r in ("rax", "rbx", "rcx", "rdx"))  # type: ignore[assignment]
-        return self._cpuid[key]
+        """(eax, ebx, ecx, edx) of CPUID on the current CPU, executed once on the target
+        (see :mod:`vtdbg.target.bochs_inject`; cached per CPU for the session)."""
+        return self.cpuids([(leaf, subleaf)])[(leaf, subleaf)]
+
+    def cpuids(self, leaves: Sequence[Tuple[int, int]]) -> Dict[Tuple[int, int], Tuple[int, int, int, int]]:
+        """Several CPUID leaves in one injection session."""
+        cpu = self._cpu
+        missing = [key for key in dict.fromkeys(leaves) if (cpu,) + key not in self._cpuid]
+        if missing:
+            with InjectedStub(self, [CPUID]) as stub:
+                for key, regs in zip(missing, stub.run([(0, {"rax": leaf, "rcx": sub}) for leaf, sub in missing])):
+                    self._cpuid[(cpu,) + key] = tuple(regs[r] & 0xFFFFFFFF for r in CLOBBERED)  # type: ignore
+        return {key: self._cpuid[(cpu,) + key] for key in leaves}
 
     def maxphyaddr(self) -> int:
         """MAXPHYADDR: CPUID.80000008H:EAX[7:0] executed on the target; when no instruction
-        can be injected at this stop, the ``INFO maxphyaddr`` line the lab prints."""
+        can run at this stop, the ``INFO maxphyaddr`` line the vtdbg lab prints."""
         if self._maxphyaddr is None:
             try:
-                if self.cpuid(0x80000000)[0] >= 0x80000008:
-                    self._maxphyaddr = self.cpuid(0x80000008)[0] & 0xFF
+                found = self.cpuids([(0x80000000, 0), (0x80000008, 0)])
+                if found[(0x80000000, 0)][0] >= 0x80000008:
+                    self._maxphyaddr = found[(0x80000008, 0)][0] & 0xFF
                 else:
                     self._maxphyaddr = 36  # the SDM's value when the leaf is missing
             except TargetError as exc:
@@ -427,101 +444,15 @@ class BochsTarget(Target):
                 self._maxphyaddr = info["maxphyaddr"]
         return self._maxphyaddr
 
-    def _inject(self, code: bytes, runs: List[Dict[str, int]], needs_cpl0: bool) -> List[Dict[str, int]]:
-        """Execute ``code`` (one instruction) once per entry of ``runs`` (registers to set
-        first) and return the general registers after each execution.
+    def is_plain_ram(self, pa: int, size: int) -> bool:
+        """True when [pa, pa+size) is RAM outside the legacy VGA/ROM window (writable and
+        executable without surprises)."""
+        return 0 <= pa and pa + size <= self._ranges[0][1] and (
+            pa + size <= _LEGACY_WINDOW[0] or pa >= _LEGACY_WINDOW[1])
 
-        Bochs caches decoded instructions by the physical address a trace starts at, and
-        ``setpmem`` does not invalidate that cache.  So the stub is written *inside* a
-        multi-byte instruction at or just after RIP (an address no trace starts at, hence
-        decoded fresh), followed by INVD, which empties Bochs's instruction cache (WBINVD
-        does not) so no decoded stub survives the restore.  The bytes, RAX..RDX, RIP and
-        RFLAGS are restored on every path; Bochs's tick counter advances by a few
-        instructions.  INVD is privileged, so this needs CPL 0 (and VMX root, where
-        neither instruction exits).
-        """
-        regs = self.registers()
-        if self.vmx_state()["in_vmx_guest"]:
-            raise TargetError("cannot run an instruction in VMX non-root mode (it would cause a VM exit); "
-                              "stop in the hypervisor first, e.g. run_to_vm_exit()")
-        protected = bool(regs.get("cr0", 0) & 1)
-        if regs["rflags"] & _RFLAGS_VM or (protected and regs.get("cs", 0) & 3):
-            raise TargetError("cannot run an instruction on the target: the CPU is not at CPL 0")
-        del needs_cpl0  # INVD makes every injection privileged
-        long_mode = self._long_mode(regs)
-        rip = regs["rip"]
-        linear = rip if long_mode else (regs.get("cs_base", 0) + rip) & 0xFFFFFFFF
-        stub = bytes(code) + b"\x0f\x08"  # the instruction, then INVD
-        spot = None
-        for address, length, _text in bp.parse_disasm(self.command("u /4 0x%x" % linear)):
-            if length >= 2:
-                spot = address + 1
-                break
-        if spot is None or (spot & 0xFFF) + len(stub) > 0x1000 or (spot & ~0xFFF) != (linear & ~0xFFF):
-            raise TargetError("cannot inject near 0x%x: no multi-byte instruction in the next four on this page"
-                              % linear)
-        if regs.get("cr0", 0) & (1 << 31):
-            pa = bp.parse_page(self.command("page 0x%x" % spot), spot)
-            if pa is None:
-                raise TargetError("cannot inject: 0x%x is not mapped" % spot)
-        else:
-            pa = spot
-        ram = self._ranges[0][1]
-        if pa + len(stub) > ram or _LEGACY_WINDOW[0] <= pa < _LEGACY_WINDOW[1]:
-            raise TargetError("cannot inject at physical 0x%x: not writable RAM" % pa)
-        stub_rip = rip + (spot - linear)
-        original = self.read_phys(pa, len(stub))
-
-        def name(reg: str) -> str:
-            return reg if long_mode else _NARROW.get(reg, reg)
-
-        def value(reg: str) -> int:
-            return regs[reg] if long_mode else regs[reg] & 0xFFFFFFFF
-
-        restore = ["setpmem 0x%x 1 0x%x" % (pa + i, b) for i, b in enumerate(original)]
-        restore += ["set %s = 0x%x" % (name(r), value(r)) for r in ("rax", "rbx", "rcx", "rdx")]
-        restore += ["set $eflags = 0x%x" % regs["rflags"], "set %s = 0x%x" % (name("rip"), rip),
-                    "xp /%dbx 0x%x" % (len(stub), pa)]
-        outputs: List[Dict[str, int]] = []
-        self.stop_generation += 1
-        written = False
-        try:
-            written = True
-            self._expect_silent(["setpmem 0x%x 1 0x%x" % (pa + i, b) for i, b in enumerate(stub)]
-                                + ["set $eflags = 0x%x" % (regs["rflags"] & ~(_RFLAGS_IF | _RFLAGS_TF))])
-            for run in runs:
-                sets = ["set %s = 0x%x" % (name(r), v) for r, v in run.items()]
-                text = self.command("; ".join(sets + ["set %s = 0x%x" % (name("rip"), stub_rip), "s", "r"]))
-                _console, report, rest = bp.split_stop(text)
-                where = report.cpus.get(self._cpu) if report else None
-                if where is None or where[0] != pa + len(code):
-                    raise TargetError("the injected instruction did not complete at 0x%x (now at %s)" % (
-                        pa, "0x%x" % where[0] if where else "?"))
-                after = bp.parse_registers(rest)
-                if "rax" not in after:
-                    raise TargetError("no registers after the injected instruction: %s" % rest[:200])
-                outputs.append(after)
-        finally:
-            self.stop_generation += 1
-            if written and self.alive:
-                # INVD last: drop every decoded copy of the stub before the bytes come back
-                flush = self.command("set %s = 0x%x; s" % (name("rip"), stub_rip + len(code)))
-                _c, report, _r = bp.split_stop(flush)
-                flushed = report is not None and report.cpus.get(self._cpu, (None,))[0] == pa + len(stub)
-                answer = ""
-                for line in _pack(restore):
-                    answer = self.command(line)
-                try:
-                    back = bp.dump_bytes(bp.parse_dump(answer, pa, len(stub), unit=1), unit=1)
-                except bp.DumpError:
-                    back = b""
-                if back != original or not flushed:
-                    raise TargetError("could not undo an injected instruction at 0x%x cleanly (%s)" % (
-                        pa, "bytes differ" if back != original else "INVD did not run"))
-        return outputs
-
-    def _expect_silent(self, commands: List[str]) -> None:
-        for line in _pack(commands):
+    def silent_commands(self, commands: List[str]) -> None:
+        """Run commands that print nothing when they succeed; any output is an error."""
+        for line in pack_lines([[c] for c in commands]):
             answer = self.command(line).strip()
             if answer:
                 raise TargetError("Bochs refused %r: %s" % (line[:60], answer.splitlines()[0]))
@@ -765,22 +696,6 @@ def _ranges(ram: Optional[int], roms: List[Tuple[int, int]]) -> List[Tuple[int, 
         if base >= size:
             ranges.append((base, length))
     return sorted(ranges)
-
-
-def _pack(commands: List[str]) -> List[str]:
-    """Join commands with ``;`` into as few lines as Bochs accepts whole."""
-    lines: List[str] = []
-    current = ""
-    for command in commands:
-        candidate = command if not current else current + "; " + command
-        if len(candidate) > MAX_LINE and current:
-            lines.append(current)
-            current = command
-        else:
-            current = candidate
-    if current:
-        lines.append(current)
-    return lines
 
 
 def open_bochs(rest: str) -> BochsTarget:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from vtdbg.lib.errors import TargetError
 from vtdbg.target import bochs_parse as bp
+from vtdbg.target.bochs_pty import pack_lines
 
 if TYPE_CHECKING:  # pragma: no cover
     from vtdbg.target.bochs import BochsTarget
@@ -54,7 +55,7 @@ class InjectedStub:
     restores the bytes, RAX..RDX, RFLAGS and RIP and checks the bytes read back.
     """
 
-    def __init__(self, target: "BochsTarget", instructions: Sequence[bytes]) -> None:
+    def __init__(self, target: BochsTarget, instructions: Sequence[bytes]) -> None:
         self.target = target
         self.instructions = [bytes(i) for i in instructions]
         self.offsets: List[int] = []
@@ -76,7 +77,7 @@ class InjectedStub:
         return reg if self.long_mode else NARROW.get(reg, reg)
 
     # -- set-up -----------------------------------------------------------------------------
-    def __enter__(self) -> "InjectedStub":
+    def __enter__(self) -> InjectedStub:
         target = self.target
         regs = target.registers()
         self.regs = regs
@@ -126,7 +127,7 @@ class InjectedStub:
                                     "s", "r"])
         results: List[Dict[str, int]] = []
         position = 0
-        for line in _pack_groups(commands):
+        for line in pack_lines(commands):
             text = self.target.command(line)
             blocks = _split_steps(text)
             count = line.count("; s; r")
@@ -166,7 +167,7 @@ class InjectedStub:
                     "set %s = 0x%x" % (self._name("rip"), regs["rip"]),
                     "xp /%dbx 0x%x" % (len(self.code), self.pa)]
         answer = ""
-        for line in _pack_groups([[c] for c in restore]):
+        for line in pack_lines([[c] for c in restore]):
             answer = target.command(line)
         try:
             back = bp.dump_bytes(bp.parse_dump(answer, self.pa, len(self.code), unit=1), unit=1)
@@ -181,23 +182,3 @@ def _split_steps(text: str) -> List[str]:
     """Cut a packed answer into one piece per single step (each begins with "Next at t=")."""
     starts = [i for i in range(len(text)) if text.startswith("Next at t=", i)]
     return [text[start:end] for start, end in zip(starts, starts[1:] + [len(text)])]
-
-
-def _pack_groups(groups: List[List[str]]) -> List[str]:
-    """Join groups of commands with ``;`` into lines Bochs keeps whole (a group is never
-    split across lines, so a run's "set ...; s; r" stays together)."""
-    from vtdbg.target.bochs_pty import MAX_LINE
-
-    lines: List[str] = []
-    current = ""
-    for group in groups:
-        text = "; ".join(group)
-        candidate = text if not current else current + "; " + text
-        if len(candidate) > MAX_LINE and current:
-            lines.append(current)
-            current = text
-        else:
-            current = candidate
-    if current:
-        lines.append(current)
-    return lines

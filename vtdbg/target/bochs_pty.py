@@ -340,6 +340,27 @@ class BochsProcess:
             pass
 
 
+def pack_lines(groups: List[List[str]]) -> List[str]:
+    """Join groups of commands with ``;`` into as few lines as Bochs keeps whole.
+
+    A group never straddles two lines (a "set ...; s; r" run must stay together); a single
+    group longer than :data:`MAX_LINE` is an internal error caught by :meth:`BochsProcess.send`.
+    """
+    lines: List[str] = []
+    current = ""
+    for group in groups:
+        text = "; ".join(group)
+        candidate = text if not current else current + "; " + text
+        if len(candidate) > MAX_LINE and current:
+            lines.append(current)
+            current = text
+        else:
+            current = candidate
+    if current:
+        lines.append(current)
+    return lines
+
+
 def strip_echo(raw: str) -> str:
     """Drop readline's echo of the command line: everything up to the first newline.
 

@@ -73,8 +73,13 @@ class Violation:
 
     @property
     def outcome(self) -> Outcome:
-        """The outcome this violation alone would cause."""
-        return self.finding.outcome or self.rule.outcome
+        """The outcome this violation alone would cause (an MSR-load entry's index is its
+        exit qualification)."""
+        if self.finding.outcome is not None:
+            return self.finding.outcome
+        if self.finding.index is not None:
+            return self.rule.outcome.with_qualification(self.finding.index)
+        return self.rule.outcome
 
     def to_json(self) -> Dict[str, Any]:
         """The contract keys (rule, sdm, field, message) plus details."""
