@@ -21,5 +21,5 @@ def _main() -> int:
 if __name__ == "__main__":
     code = _main()
     if code:
-        # inside WinDbg a SystemExit is printed as an error; only raise it for failures
+        # only failures raise SystemExit, so a clean run leaves nothing behind in the console
         sys.exit(code)

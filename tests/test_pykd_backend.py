@@ -27,7 +27,8 @@ from vtdbg.lib.errors import CapabilityError, MemoryReadError, TargetError, Usag
 from vtdbg.render.dml import DmlContext, render_dml
 from vtdbg.target.base import Capability
 from vtdbg.target.image import ImageTarget
-from vtdbg.target.pykd_backend import DUMP_CAPS, LIVE_CAPS, NOT_INSTALLED, STALE_VMCS_WARNING, PykdTarget
+from vtdbg.core.vmcs import STALE_VMCS_WARNING
+from vtdbg.target.pykd_backend import DUMP_CAPS, LIVE_CAPS, NOT_INSTALLED, PykdTarget
 from vtdbg.target.record import RecordingTarget
 
 STANDIN = ROOT / "tests" / "pykd_standin"

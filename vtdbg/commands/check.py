@@ -100,12 +100,11 @@ def report_blocks(report: Report, vmcs: Vmcs) -> List[Block]:
     if diffs:
         rows = []
         for diff in diffs:
+            missing = "%s %s" % (hex_value(diff["missing"]), " ".join(diff["missing_names"]))
+            forbidden = "%s %s" % (hex_value(diff["forbidden"]), " ".join(diff["forbidden_names"]))
             rows.append([diff["field"], hex_value(diff["value"], 8), diff["msr"], hex_value(diff["must_be_one"], 8),
-                         hex_value(diff["may_be_one"], 8),
-                         "%s %s" % (hex_value(diff["missing"]), " ".join(diff["missing_names"])) if diff["missing"] else "-",
-                         "%s %s" % (hex_value(diff["forbidden"]), " ".join(diff["forbidden_names"]))
-                         if diff["forbidden"] else "-",
-                         hex_value(diff["suggested"], 8)])
+                         hex_value(diff["may_be_one"], 8), missing if diff["missing"] else "-",
+                         forbidden if diff["forbidden"] else "-", hex_value(diff["suggested"], 8)])
         blocks.append(Table(["control field", "value", "capability MSR", "must be 1", "may be 1", "missing 1s",
                              "forbidden 1s", "(value|must)&may"], rows, title="Controls against what the CPU allows"))
     if report.advisories:

@@ -40,19 +40,35 @@ _AD_CLEAR = ((1 << 64) - 1) & ~0x300
 
 
 def _run_length(entries: Tuple[int, ...], index: int, value: int, span: int) -> int:
-    """How many entries from ``index`` on equal ``value``, ``value + span``, ... (binary
-    search over prefix equality, each probe one tuple comparison)."""
+    """How many entries from ``index`` on equal ``value``, ``value + span``, ...
+
+    Galloping then binary search over prefix equality, each probe one C-speed tuple
+    comparison, so the cost follows the run's length (a lone entry costs one comparison).
+    """
     limit = len(entries) - index
-    if entries[index:] == tuple(range(value, value + limit * span, span)):
-        return limit
-    low, high = 1, limit - 1
-    while low < high:
-        middle = (low + high + 1) // 2
-        if entries[index:index + middle] == tuple(range(value, value + middle * span, span)):
-            low = middle
+    if limit < 2 or entries[index + 1] != value + span:
+        return 1
+
+    def same(count: int) -> bool:
+        return entries[index:index + count] == tuple(range(value, value + count * span, span))
+
+    good, probe = 2, 4
+    while True:
+        probe = min(probe, limit)
+        if not same(probe):
+            bad = probe
+            break
+        good = probe
+        if probe == limit:
+            return limit
+        probe *= 2
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        if same(middle):
+            good = middle
         else:
-            high = middle - 1
-    return low
+            bad = middle
+    return good
 
 
 class EptError(DecodeError):

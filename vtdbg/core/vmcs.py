@@ -13,10 +13,13 @@ from vtdbg.core.plausibility import Assessment, assess
 from vtdbg.layouts.model import REGION_SIZE, Layout
 from vtdbg.layouts.registry import candidates_for, get_layout
 from vtdbg.lib.errors import LayoutError, UsageError
-from vtdbg.target.base import Target, read_exact
+from vtdbg.target.base import Capability, Target, read_exact
 
 #: below this confidence `auto` refuses to call a page a VMCS
 MIN_CONFIDENCE = 0.6
+#: said whenever a hardware-layout VMCS is read from the RAM of a running machine
+STALE_VMCS_WARNING = ("values decoded from the VMCS region in memory may be stale: the CPU can keep the current "
+                      "VMCS on-die (memory is guaranteed current only after VMCLEAR)")
 #: VMX-abort indicator values the SDM names (0: none; 1..5, 0xd: VMX-abort reasons)
 KNOWN_ABORTS = {0, 1, 2, 3, 4, 5, 0xD}
 
@@ -180,5 +183,12 @@ def read_vmcs(target: Target, pa: int, layout_name: str = "auto") -> Vmcs:
     if pa & 0xFFF:
         raise UsageError("0x%x is not 4 KiB aligned; VMCS regions are page aligned (SDM 25.2)" % pa)
     page = read_exact(target, pa, REGION_SIZE)
-    note = "memory image" if target.kind in ("image", "dump", "replay") else "%s memory" % target.kind
-    return decode_vmcs_page(page, layout_name, address=pa, source_note=note)
+    live = target.has(Capability.LIVE)
+    note = "%s memory (live)" % target.kind if live else "memory image"
+    vmcs = decode_vmcs_page(page, layout_name, address=pa, source_note=note)
+    layout = get_layout(vmcs.layout) if vmcs.layout else None
+    # only a Bochs target is known to run a software VMX that keeps the page current; on any
+    # other running machine the CPU (or a nesting hypervisor) may hold the VMCS elsewhere
+    if live and not (target.kind == "bochs" and layout is not None and layout.kind == "software"):
+        vmcs.warnings.append(STALE_VMCS_WARNING)
+    return vmcs

@@ -124,11 +124,6 @@ def run(argv: Sequence[str], stdout: IO[str], stderr: IO[str], context: Optional
             if cmd.needs and ctx.has_target():
                 ctx.target.require(cmd.needs, "`%s`" % cmd.name)
             result = cmd.run(ctx, args)
-            if ctx._target is not None and ctx._target.kind == "kd":
-                # issue 4 hook: a VMCS read from a live machine's RAM may be stale (on-die copy)
-                from vtdbg.target.pykd_backend import stale_vmcs_warnings
-
-                result.warnings.extend(stale_vmcs_warnings(ctx._target, result.data))
         finally:
             if context is None:
                 ctx.close()

@@ -52,8 +52,6 @@ _DBGENG_NAME = {ours: theirs for ours, theirs in REGISTERS}
 #: largest plausible number of physical memory runs (a garbage count must not drive a read)
 _MAX_RUNS = 1024
 
-STALE_VMCS_WARNING = ("values decoded from the VMCS region in memory may be stale: the CPU can keep the current "
-                      "VMCS on-die (memory is guaranteed current only after VMCLEAR)")
 
 
 def import_pykd() -> Any:
@@ -409,19 +407,6 @@ class PykdTarget(Target):
             with contextlib.suppress(Exception):
                 pykd.detachAllProcesses()
         self._closed = True
-
-
-def stale_vmcs_warnings(target: Target, data: Any) -> List[str]:
-    """The staleness warning for VMCS values a live kernel target gave from memory.
-
-    Real processors may keep the current VMCS on-die, so the region in RAM can lag behind
-    what VMREAD returns; until vtdbg reads a live VMCS with VMREAD, say so."""
-    if target.kind != "kd" or not target.has(Capability.LIVE):
-        return []
-    docs = data if isinstance(data, list) else [data]
-    if any(isinstance(d, dict) and d.get("source") == "memory" for d in docs):
-        return [STALE_VMCS_WARNING]
-    return []
 
 
 def _inside_windbg(pykd: Any) -> bool:

@@ -77,7 +77,7 @@ class Caps:
 
     # -- construction --------------------------------------------------------------------
     @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any], source: str = "caps file") -> "Caps":
+    def from_mapping(cls, raw: Mapping[str, Any], source: str = "caps file") -> Caps:
         """Parse one flat caps object (see the module docstring)."""
         if "msrs" in raw and isinstance(raw["msrs"], Mapping):
             # the lab's ground_truth.json nests the MSRs
@@ -108,10 +108,10 @@ class Caps:
         return cls(msrs, maxphy, processor, source, cpu)
 
     @classmethod
-    def load(cls, path: str, cpu: Optional[int] = None) -> "Caps":
+    def load(cls, path: str, cpu: Optional[int] = None) -> Caps:
         """Read a caps file (flat object, list of per-CPU objects, or lab ground truth)."""
         try:
-            with open(path, "r", encoding="utf-8") as handle:
+            with open(path, encoding="utf-8") as handle:
                 raw = json.load(handle)
         except OSError as exc:
             raise UsageError("cannot read caps file %s: %s" % (path, exc.strerror or exc)) from None
@@ -120,7 +120,7 @@ class Caps:
         return cls.from_json(raw, "caps file %s" % path, cpu)
 
     @classmethod
-    def from_json(cls, raw: Any, source: str, cpu: Optional[int] = None) -> "Caps":
+    def from_json(cls, raw: Any, source: str, cpu: Optional[int] = None) -> Caps:
         """A caps object from parsed JSON; a per-CPU list picks ``cpu`` (default: the first)."""
         if isinstance(raw, list):
             if not raw:
@@ -139,7 +139,7 @@ class Caps:
         return cls.from_mapping(raw, source)
 
     @classmethod
-    def from_target(cls, target: Target) -> "Caps":
+    def from_target(cls, target: Target) -> Caps:
         """Read the VMX capability MSRs live (one read_msr per MSR the CPU reports)."""
         msrs: Dict[int, int] = {}
 
@@ -291,7 +291,10 @@ class Caps:
         out: Dict[str, Any] = {"maxphyaddr": {"value": self.maxphyaddr,
                                               "source": "caps" if self.maxphyaddr_value is not None else "default"}}
         for key in table().defaults["processor"]:
-            out[key] = {"value": self.default(key), "source": "caps" if key in self.processor else "default"}
+            value = self.default(key)
+            if key.endswith("_mask") and value is not None:
+                value = self.mask(key)  # resolve "layout:NAME" to the bits it stands for
+            out[key] = {"value": value, "source": "caps" if key in self.processor else "default"}
         return out
 
 

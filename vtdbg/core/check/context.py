@@ -67,7 +67,7 @@ class Environment:
     stated: Dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_json(cls, raw: Optional[Mapping[str, Any]], source: str = "snapshot") -> "Environment":
+    def from_json(cls, raw: Optional[Mapping[str, Any]], source: str = "snapshot") -> Environment:
         """Parse a snapshot's ``"environment"`` object (unknown keys are refused)."""
         env = cls()
         for key, value in dict(raw or {}).items():
@@ -113,7 +113,7 @@ class Environment:
 class Ctx:
     """The inputs of one check run.  Predicates call the accessors; see the module docstring."""
 
-    def __init__(self, values: Mapping[int, int], caps: "Caps", memory: "Memory", env: Environment,
+    def __init__(self, values: Mapping[int, int], caps: Caps, memory: Memory, env: Environment,
                  vmcs_pa: Optional[int] = None, launch_state: Optional[str] = None,
                  revision_id: Optional[int] = None, shadow: Optional[bool] = None) -> None:
         self.values = dict(values)
@@ -186,14 +186,14 @@ class Ctx:
         """The VMCS link pointer is in use (not all ones)."""
         return self.f("VMCS_LINK_POINTER") != INVALID_POINTER
 
-    def event(self) -> Optional["Event"]:
+    def event(self) -> Optional[Event]:
         """The valid event to inject, or None."""
         info = self.f("VM_ENTRY_INTR_INFO_FIELD")
         if not reg_get("interruption_info", "valid", info):
             return None
         return Event(info)
 
-    def seg(self, name: str) -> "Seg":
+    def seg(self, name: str) -> Seg:
         """Guest segment register ``name`` (ES, CS, SS, DS, FS, GS, LDTR, TR)."""
         return Seg(self, name.upper())
 

@@ -122,8 +122,8 @@ def _tpr_reserved(ctx: Ctx) -> Iterator[Finding]:
     if _tpr_threshold_applies(ctx):
         threshold = ctx.f("TPR_THRESHOLD")
         if threshold >> 4:
-            yield Finding("TPR_THRESHOLD", threshold, "bits 31:4 must be 0 with the TPR shadow on and virtual-interrupt "
-                                                      "delivery off")
+            yield Finding("TPR_THRESHOLD", threshold,
+                          "bits 31:4 must be 0 with the TPR shadow on and virtual-interrupt delivery off")
 
 
 @predicate("CTL-TPR-THRESHOLD-VTPR")
@@ -256,7 +256,8 @@ def _eptp_walk(ctx: Ctx) -> Iterator[Finding]:
     eptp = ctx.f("EPT_POINTER")
     walk = reg_get("eptp", "walk_length_minus_1", eptp) + 1
     cap = ctx.caps.ept_vpid_cap
-    supported = [levels for levels, name in ((4, "walk_length_4"), (5, "walk_length_5")) if reg_get("ept_vpid_cap", name, cap)]
+    supported = [levels for levels, name in ((4, "walk_length_4"), (5, "walk_length_5"))
+                 if reg_get("ept_vpid_cap", name, cap)]
     if walk not in supported:
         yield Finding("EPT_POINTER", eptp, "bits 5:3 give a %d-level walk; IA32_VMX_EPT_VPID_CAP supports %s-level "
                       "(bits 5:3 = %s)" % (walk, "/".join(str(s) for s in supported) or "no",
@@ -414,7 +415,8 @@ def msr_area(ctx: Ctx, count_field: str, addr_field: str) -> Iterator[Finding]:
     address = ctx.f(addr_field)
     last = address + MSR_ENTRY_SIZE * count - 1
     if address & (MSR_ENTRY_SIZE - 1):
-        yield Finding(addr_field, address, "must be 16-byte aligned (bits 3:0 = 0) when %s is %d" % (count_field, count))
+        yield Finding(addr_field, address, "must be 16-byte aligned (bits 3:0 = 0) when %s is %d"
+                      % (count_field, count))
     if not ctx.pa_ok(address):
         yield Finding(addr_field, address, "must be below 2^%d (MAXPHYADDR)" % ctx.caps.maxphyaddr)
     elif not ctx.pa_ok(last):
@@ -494,7 +496,8 @@ def _event_vector(ctx: Ctx) -> Iterator[Finding]:
     if event is None:
         return
     if event.is_type("NMI") and event.vector != NMI_VECTOR:
-        yield Finding("VM_ENTRY_INTR_INFO_FIELD", event.info, "an injected NMI must use vector 2 (not %d)" % event.vector)
+        yield Finding("VM_ENTRY_INTR_INFO_FIELD", event.info, "an injected NMI must use vector 2 (not %d)"
+                      % event.vector)
     elif event.is_type("hardware exception") and event.vector > MAX_EXCEPTION_VECTOR:
         yield Finding("VM_ENTRY_INTR_INFO_FIELD", event.info, "a hardware exception must have a vector 0-31 (not %d)"
                       % event.vector)
@@ -520,7 +523,7 @@ def _event_errcode(ctx: Ctx) -> Iterator[Finding]:
     hardware = event.is_type("hardware exception")
     if event.deliver and not hardware:
         yield Finding("VM_ENTRY_INTR_INFO_FIELD", event.info, "bit 11 (deliver error code) must be 0 for %s; only "
-                                                              "hardware exceptions push an error code" % event.describe())
+                      "hardware exceptions push an error code" % event.describe())
         return
     if event.deliver and not protected:
         yield Finding("VM_ENTRY_INTR_INFO_FIELD", event.info, "bit 11 (deliver error code) must be 0 for an "

@@ -14,13 +14,14 @@ turns the findings into a :class:`Report` whose outcome is that of the first fai
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from vtdbg.arch.controls import group as control_group
 from vtdbg.core.check.context import Ctx, Unknown
 from vtdbg.core.check.facts import canonical_name
-from vtdbg.core.check.rules import OK, Outcome, Rule, sdm_editions, sdm_text, table
+from vtdbg.core.check.rules import OK, Outcome, Rule, sdm_editions, table
 
 #: The stage modules, imported on first use so that every predicate is registered.
 STAGE_MODULES = ("basic", "controls", "host", "guest", "msr_load")
@@ -40,7 +41,7 @@ class Finding:
     message: str
     index: Optional[int] = None
     outcome: Optional[Outcome] = None
-    detail: Dict[str, Any] = field(default_factory=dict)
+    detail: Dict[str, Any] = dc_field(default_factory=dict)
 
 
 Predicate = Callable[[Ctx], Iterable[Finding]]
@@ -145,7 +146,7 @@ class Report:
     advisories: List[Violation]
     controls: List[Dict[str, Any]]
     assumptions: Dict[str, Any]
-    warnings: List[str] = field(default_factory=list)
+    warnings: List[str] = dc_field(default_factory=list)
 
     @property
     def rule(self) -> Optional[str]:

@@ -11,7 +11,14 @@ from typing import Iterator, List, Tuple
 from vtdbg.core.check.context import Ctx, Seg, Unknown, activity_state
 from vtdbg.core.check.engine import Finding, predicate
 from vtdbg.core.check.facts import MASK64, ctl_label, hexs, reg_get, reg_mask, reserved_mask
-from vtdbg.core.check.host import CR3_LAM_BITS, S_CET_RESERVED, S_CET_SUPPRESS_TRACKER, bad_pat_bytes, fixed_bits, pat_ok
+from vtdbg.core.check.host import (
+    CR3_LAM_BITS,
+    S_CET_RESERVED,
+    S_CET_SUPPRESS_TRACKER,
+    bad_pat_bytes,
+    fixed_bits,
+    pat_ok,
+)
 
 DATA_SEGMENTS = ("DS", "ES", "FS", "GS")
 #: The segment registers the access-rights checks cover (LDTR and TR have their own rules).
@@ -96,7 +103,8 @@ def _pcide(ctx: Ctx) -> Iterator[Finding]:
     if not ctx.ia32e_guest():
         cr4 = ctx.f("GUEST_CR4")
         if reg_get("cr4", "pcide", cr4):
-            yield Finding("GUEST_CR4", cr4, "PCIDE (bit 17) must be 0 unless %s is 1" % ctl_label("entry", "IA32E_MODE"))
+            yield Finding("GUEST_CR4", cr4, "PCIDE (bit 17) must be 0 unless %s is 1"
+                          % ctl_label("entry", "IA32E_MODE"))
 
 
 @predicate("GUEST-CR3-WIDTH")
@@ -626,7 +634,8 @@ def _rflags(ctx: Ctx) -> Iterator[Finding]:
     rflags = ctx.f("GUEST_RFLAGS")
     reserved0 = reserved_mask("rflags") & ~RFLAGS_FIXED1
     if rflags & reserved0:
-        yield Finding("GUEST_RFLAGS", rflags, "reserved bits %s must be 0 (bits 63:22, 15, 5, 3)" % hexs(rflags & reserved0))
+        yield Finding("GUEST_RFLAGS", rflags, "reserved bits %s must be 0 (bits 63:22, 15, 5, 3)"
+                      % hexs(rflags & reserved0))
     if not rflags & RFLAGS_FIXED1:
         yield Finding("GUEST_RFLAGS", rflags, "bit 1 must be 1 (use 0x2 as the minimal RFLAGS)")
 
@@ -871,7 +880,8 @@ def _link_revid(ctx: Ctx) -> Iterator[Finding]:
     got_revision, got_shadow = header & 0x7FFFFFFF, bool(header >> 31)
     if got_revision != revision or got_shadow != shadow:
         yield Finding("VMCS_LINK_POINTER", link, "the page it names starts with 0x%08x; it must hold revision id 0x%x "
-                      "with bit 31 = %d (%s)" % (header, revision, int(shadow), ctl_label("proc2", "SHADOW_VMCS")), detail={"link_header": header})
+                      "with bit 31 = %d (%s)" % (header, revision, int(shadow), ctl_label("proc2", "SHADOW_VMCS")),
+                      detail={"link_header": header})
 
 
 @predicate("GUEST-LINK-PTR-SELF")

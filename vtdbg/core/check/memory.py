@@ -61,7 +61,7 @@ class SparseMemory(Memory):
         return bytes(self._bytes.get(pa + i, 0) for i in range(size))
 
     @classmethod
-    def from_json(cls, entries: Iterable[Mapping[str, Any]], zero: bool = True) -> "SparseMemory":
+    def from_json(cls, entries: Iterable[Mapping[str, Any]], zero: bool = True) -> SparseMemory:
         """Parse the snapshot's ``"memory"`` list of ``{"address", "size", "value"}``."""
         memory = cls(zero=zero)
         for number, entry in enumerate(entries):
@@ -72,7 +72,8 @@ class SparseMemory(Memory):
             except (KeyError, TypeError, ValueError):
                 raise UsageError("snapshot memory entry %d needs integer address, size and value" % number) from None
             if size <= 0 or value < 0 or value >> (8 * size):
-                raise UsageError("snapshot memory entry %d: value 0x%x does not fit in %d bytes" % (number, value, size))
+                raise UsageError("snapshot memory entry %d: value 0x%x does not fit in %d bytes"
+                                 % (number, value, size))
             memory.write(address, value.to_bytes(size, "little"))
         return memory
 

@@ -45,11 +45,11 @@ class Outcome:
             doc["vector"] = self.vector
         return doc
 
-    def with_qualification(self, qualification: int) -> "Outcome":
+    def with_qualification(self, qualification: int) -> Outcome:
         """The same VM-entry failure with another exit qualification."""
         return Outcome(self.result, self.error, self.exit_reason, qualification, self.vector)
 
-    def with_error(self, error: int) -> "Outcome":
+    def with_error(self, error: int) -> Outcome:
         """The same VMfailValid with another error number."""
         return Outcome(self.result, error, self.exit_reason, self.qualification, self.vector)
 
@@ -72,7 +72,7 @@ class Outcome:
             basic | (1 << 31), basic, exit_reason_name(basic), what)
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> "Outcome":
+    def from_json(cls, raw: Mapping[str, Any]) -> Outcome:
         """Parse the table's (or a lab fixture's) outcome object."""
         result = str(raw["result"])
         if result == "vmfail_valid":  # the lab fixtures' spelling
@@ -89,7 +89,7 @@ class Outcome:
             exit_reason &= 0xFFFF  # the basic reason; bit 31 is implied by the result
         return cls(result, num("error"), exit_reason, num("qualification"), num("vector"))
 
-    def same_as(self, other: "Outcome") -> bool:
+    def same_as(self, other: Outcome) -> bool:
         """Equal in result, error, exit reason and qualification (what a lab run records)."""
         return (self.result, self.error, self.exit_reason, self.qualification) == (
             other.result, other.error, other.exit_reason, other.qualification)

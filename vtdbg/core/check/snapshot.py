@@ -4,8 +4,8 @@ A snapshot is ``{"fields": {"NAME or 0xENCODING": int or "0x.."}, "memory": [{"a
 "size", "value"}], "vmcs_pa": int, "launch_state": "clear"|"launched", "environment": {...}}``
 (every key but ``fields`` optional; unlisted memory reads 0, unlisted fields are unknown).
 ``revision_id`` and ``shadow`` may be given too, and ``"unlisted_memory": "unknown"`` (what
-:func:`save_snapshot` writes) makes bytes the snapshot does not list unknown instead of 0.  Access rights are the 32-bit architectural
-value, as VMREAD returns them.
+:func:`save_snapshot` writes) makes bytes the snapshot does not list unknown instead of 0.
+Access rights are the 32-bit architectural value, as VMREAD returns them.
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def snapshot_from_json(raw: Mapping[str, Any], source: str = "snapshot") -> Snap
 def load_snapshot(path: str) -> Snapshot:
     """Read a snapshot file."""
     try:
-        with open(path, "r", encoding="utf-8") as handle:
+        with open(path, encoding="utf-8") as handle:
             raw = json.load(handle)
     except OSError as exc:
         raise UsageError("cannot read snapshot %s: %s" % (path, exc.strerror or exc)) from None
