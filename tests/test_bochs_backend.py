@@ -167,7 +167,8 @@ def test_small_parsers():
     assert bp.parse_disasm("0000000000007c22: (                    ): mov si, 0x7c49            ; be497c\n") == [
         (0x7C22, 3, "mov si, 0x7c49")]
     log = ("00000000000i[MEM0  ] 64.00MB\n00000000000i[MEM0  ] rom at 0xfffe0000/131072 ('/x')\n"
-           "00000000000i[MEM0  ] rom at 0xc0000/38400 ('/y')\n00153222385i[CPU0  ] WARNING: HLT instruction with IF=0!\n")
+           "00000000000i[MEM0  ] rom at 0xc0000/38400 ('/y')\n"
+           "00153222385i[CPU0  ] WARNING: HLT instruction with IF=0!\n")
     assert bp.memory_layout(log) == (64 << 20, [(0xFFFE0000, 131072), (0xC0000, 38400)])
     assert bp.halted_cpus(log) == [0]
     assert bp.console_msrs("x\nMSR 00000480 00D810000000002B\nMSR 3A 5\n") == {0x480: 0xD810000000002B, 0x3A: 5}

@@ -167,6 +167,14 @@ class Target:
         """Offset of ``field_name`` in ``module!type_name``, or None when unknown."""
         raise CapabilityError("%s target has no type information" % self.kind)
 
+    def type_size(self, type_name: str) -> Optional[int]:
+        """``sizeof(module!type_name)``, or None when unknown."""
+        raise CapabilityError("%s target has no type information" % self.kind)
+
+    def symbol_at(self, address: int) -> Optional[str]:
+        """``module!symbol+disp`` naming ``address``, or None when no module covers it."""
+        raise CapabilityError("%s target has no symbols" % self.kind)
+
     # -- execution control ----------------------------------------------------------------
     def break_at(self, address: int, on_hit: Callable[[int], bool]) -> Breakpoint:
         """Set a breakpoint; ``on_hit(cpu)`` returns True to stop there."""

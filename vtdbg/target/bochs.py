@@ -512,7 +512,7 @@ class BochsTarget(Target):
         and ``detail``.  Breakpoints whose on_hit returns False, and magic breakpoints when
         :attr:`continue_past_magic` is set, are continued past.
         """
-        return self._run_until(lambda ev: True, timeout, self.continue_past_magic)
+        return self._run_until(timeout, self.continue_past_magic)
 
     def run_to_vm_exit(self, timeout: Optional[float] = None, skip_magic: bool = True) -> Dict[str, Any]:
         """Run until the next VM exit (``vmexitbp`` is switched on and stays on) and return
@@ -520,7 +520,7 @@ class BochsTarget(Target):
         ended the wait first (halted, timeout, ended, a breakpoint, or a magic breakpoint
         when ``skip_magic`` is False)."""
         self.set_vmexit_break(True)
-        return self._run_until(lambda ev: ev["event"] == "vmexit", timeout, skip_magic)
+        return self._run_until(timeout, skip_magic)
 
     def run_exits(self, count: int, timeout: Optional[float] = None, skip_magic: bool = True,
                   on_exit: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
@@ -541,8 +541,8 @@ class BochsTarget(Target):
                 on_exit(event)
         return {"exits": exits, "complete": len(exits) >= count, "last": event}
 
-    def _run_until(self, done: Callable[[Dict[str, Any]], bool], timeout: Optional[float],
-                   skip_magic: bool) -> Dict[str, Any]:
+    def _run_until(self, timeout: Optional[float], skip_magic: bool) -> Dict[str, Any]:
+        """Continue until a stop that is not continued past automatically."""
         started = time.monotonic()
         deadline = started + (self.timeout if timeout is None else timeout)
         printed: List[str] = []
@@ -550,13 +550,12 @@ class BochsTarget(Target):
             event = self._run("c", deadline, "")
             printed.append(event["console"])
             kind = event["event"]
-            if kind in ("halted", "timeout", "ended") or done(event):
-                break
             if kind == "magic" and skip_magic:
                 continue
             if kind == "breakpoint":
                 entry = self._breakpoints.get(event["breakpoint"] or -1)
-                if entry is not None and not entry[1](event["cpu"] if event["cpu"] is not None else self._cpu):
+                cpu = event["cpu"] if event["cpu"] is not None else self._cpu
+                if entry is not None and not entry[1](cpu):
                     continue
             break
         event["console"] = "".join(printed)

@@ -322,6 +322,26 @@ class PykdTarget(Target):
         except (pykd.DbgException, AttributeError):
             return None
 
+    def type_size(self, type_name: str) -> Optional[int]:
+        """``typeInfo("module!Type").size()``; None when the type is unknown."""
+        self.require(Capability.SYMBOLS, "reading type information")
+        pykd = self._pykd
+        try:
+            return int(pykd.typeInfo(type_name).size())
+        except (pykd.DbgException, AttributeError):
+            return None
+
+    def symbol_at(self, address: int) -> Optional[str]:
+        """``findSymbol(address)``; None when it can only answer with a bare number."""
+        self.require(Capability.SYMBOLS, "resolving symbols")
+        pykd = self._pykd
+        try:
+            text = str(pykd.findSymbol(address))
+        except pykd.DbgException:
+            return None
+        # pykd answers "mod!sym+1a", "mod+1a", or bare hex when no module covers the address
+        return text if "!" in text or "+" in text else None
+
     # -- execution control ----------------------------------------------------------------
     def break_at(self, address: int, on_hit: Callable[[int], bool]) -> Breakpoint:
         """A software breakpoint whose owning pykd object we keep until ``remove()`` (or
