@@ -65,3 +65,35 @@ def test_layout_json_fields_have_the_contract_keys():
     status, out, _ = run_cli("layout", "intel_haswell_rev0x12", "--json")
     haswell = json.loads(out)
     assert any(not f["certain"] and f["transform"] == "packed16" for f in haswell["fields"])
+
+
+def test_command_index_matches_registration():
+    from vtdbg.commands.registry import command_index, load_all
+
+    index = command_index()
+    registered = {}
+    for cmd in load_all().values():
+        module = cmd.run.__module__.rsplit(".", 1)[1]
+        registered[cmd.name] = module
+        registered.update({alias: module for alias in cmd.aliases})
+    assert index == registered
+
+
+def test_a_one_shot_command_imports_only_its_own_module():
+    import subprocess
+    import sys
+
+    code = ("import io, sys\n"
+            "from vtdbg.frontends.cli import run\n"
+            "assert run(['error', '7'], io.StringIO(), io.StringIO()) == 0\n"
+            "print(sorted(m for m in sys.modules if m.startswith('vtdbg.commands.')))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "['vtdbg.commands.reference', 'vtdbg.commands.registry', 'vtdbg.commands.result']"
+
+
+@pytest.mark.parametrize("argv", [["--cpu", "all", "--json", "fields"], ["--target", "x", "fields"],
+                                  ["fields", "--cpu", "0"]])
+def test_global_options_with_values_do_not_hide_the_command(argv):
+    from vtdbg.frontends.cli import _command_word
+
+    assert _command_word(argv) == "fields"

@@ -15,7 +15,8 @@ from vtdbg.target.open import open_target
 from vtdbg.target.record import RecordingTarget, ReplayTarget
 
 SIZE = 0x10000
-MEMORY = bytes(random.Random(7).getrandbits(8) for _ in range(SIZE))
+_RNG = random.Random(7)
+MEMORY = bytes(_RNG.getrandbits(8) for _ in range(SIZE))
 KNOWN = {0: MEMORY[:16], 0x1000: MEMORY[0x1000:0x2000], SIZE - 8: MEMORY[-8:], 0x123: MEMORY[0x123:0x124]}
 UNREADABLE = (SIZE - 1, 2)
 
@@ -82,8 +83,25 @@ def test_replay_refuses_unrecorded_calls_and_bad_files(tmp_path):
 def test_gzip_bomb_is_refused(tmp_path):
     path = tmp_path / "bomb.img.gz"
     path.write_bytes(gzip.compress(b"\0" * (4 << 20)))
+    image = ImageTarget(str(path), inflate_limit=1 << 20)
+    assert image.read_phys(0, 16) == bytes(16)  # the start is served before the cap is reached
     with pytest.raises(TargetError, match="inflates to more than"):
-        ImageTarget(str(path), inflate_limit=1 << 20)
+        image.phys_ranges()
+
+
+def test_gzip_inflates_only_what_is_read(tmp_path):
+    path = tmp_path / "big.img.gz"
+    path.write_bytes(gzip.compress(MEMORY * 64))
+    image = ImageTarget(str(path))
+    assert image.read_phys(0x100, 16) == MEMORY[0x100:0x110]
+    assert len(image._gzip.data) < len(MEMORY) * 64
+    assert image.phys_ranges() == [(0, len(MEMORY) * 64)]
+
+
+def test_concatenated_gzip_members_are_one_image(tmp_path):
+    path = tmp_path / "two.img.gz"
+    path.write_bytes(gzip.compress(MEMORY[:0x8000]) + gzip.compress(MEMORY[0x8000:]))
+    assert ImageTarget(str(path)).read_phys(0x7FF8, 16) == MEMORY[0x7FF8:0x8008]
 
 
 def test_truncated_gzip_is_a_clean_error(tmp_path):
@@ -91,7 +109,7 @@ def test_truncated_gzip_is_a_clean_error(tmp_path):
     whole = gzip.compress(bytes(range(256)) * 256)
     path.write_bytes(whole[:len(whole) // 2])
     with pytest.raises(TargetError, match="cannot read gzip"):
-        ImageTarget(str(path))
+        ImageTarget(str(path)).read_phys(0, 0x10000)
 
 
 def test_missing_file_is_a_clean_error(tmp_path):

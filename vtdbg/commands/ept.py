@@ -205,6 +205,7 @@ def ept_cmd(ctx: Context, args: argparse.Namespace) -> Result:
     data = {"eptp": eptp, "levels": walker.levels, "root": walker.root, "tables": walker.tables_visited,
             "mapped_bytes": sum(r.size for r in ranges), "ranges": [r.to_json() for r in ranges],
             "hooks": hooks, "misconfigurations": [m.to_json() for m in misconfigs],
+            "misconfigured_entries": walker.misconfigured_entries,
             "unreadable_tables": list(walker.unreadable), "caps": caps}
     blocks = [KeyValues(source + [["mapped", "%s in %d range(s), %d table(s) read" % (
         hex_value(data["mapped_bytes"]), len(ranges), walker.tables_visited)]])]

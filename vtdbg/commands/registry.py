@@ -7,6 +7,7 @@ anything is touched.
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -90,6 +91,46 @@ def arguments(configure: Configurer) -> Callable[[Runner], Runner]:
         run._vtdbg_configure = configure  # type: ignore[attr-defined]
         return run
     return wrap
+
+
+_DECORATOR = re.compile(r'^@command\(\s*"([^"]+)"(.*?)^def ', re.S | re.M)
+_ALIASES = re.compile(r"aliases\s*=\s*[\[(]([^\])]*)[\])]")
+
+
+def command_index() -> Dict[str, str]:
+    """Command name or alias -> module name, read from the sources without importing them,
+    so a one-shot command imports only its own module (start-up time).  A test checks the
+    index against what importing everything registers."""
+    import os
+
+    folder = os.path.dirname(os.path.abspath(__file__))
+    index: Dict[str, str] = {}
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".py") or name.startswith("_") or name in ("registry.py", "result.py"):
+            continue
+        with open(os.path.join(folder, name), encoding="utf-8") as handle:
+            text = handle.read()
+        for match in _DECORATOR.finditer(text):
+            index[match.group(1)] = name[:-3]
+            aliases = _ALIASES.search(match.group(2))
+            if aliases:
+                for alias in re.findall(r'"([^"]+)"', aliases.group(1)):
+                    index[alias] = name[:-3]
+    return index
+
+
+def load_command(name: str) -> Optional[Command]:
+    """Import only the module that defines command ``name`` (or alias); None if unknown."""
+    import importlib
+
+    module = command_index().get(name)
+    if module is None:
+        return None
+    importlib.import_module("vtdbg.commands." + module)
+    for cmd in COMMANDS.values():
+        if cmd.name == name or name in cmd.aliases:
+            return cmd
+    return None
 
 
 def load_all() -> Dict[str, Command]:

@@ -30,8 +30,12 @@ LEVEL_NAMES = {5: "PML5E", 4: "PML4E", 3: "PDPTE", 2: "PDE", 1: "PTE"}
 LEVEL_SPAN = {5: 1 << 48, 4: 1 << 39, 3: 1 << 30, 2: 1 << 21, 1: 1 << 12}
 MEMORY_TYPES = {0: "UC", 1: "WC", 4: "WT", 5: "WP", 6: "WB"}
 INVALID_MEMORY_TYPES = (2, 3, 7)
-#: default bound on tables visited by a full walk (4 KiB each; 8192 tables map >= 16 GiB)
-DEFAULT_MAX_TABLES = 8192
+#: default bound on tables visited by a full walk (4 KiB each; 4096 tables map >= 8 GiB)
+DEFAULT_MAX_TABLES = 4096
+#: default bound on distinct ranges a map may hold (memory, and time on hostile tables)
+DEFAULT_MAX_RANGES = 1 << 18
+#: misconfigured entries kept in detail (the rest are only counted)
+MAX_MISCONFIGS = 10000
 ADDRESS_MASK = 0x000FFFFFFFFFF000
 
 
@@ -237,13 +241,16 @@ class EptWalker:
     """
 
     def __init__(self, read_phys: PhysReader, eptp: int, caps: Optional[int] = None, mbec: bool = False,
-                 phys_bits: int = 52, max_tables: int = DEFAULT_MAX_TABLES) -> None:
+                 phys_bits: int = 52, max_tables: int = DEFAULT_MAX_TABLES,
+                 max_ranges: int = DEFAULT_MAX_RANGES) -> None:
         self.read_phys = read_phys
         self.eptp = eptp
         self.caps = caps
         self.mbec = mbec
         self.phys_bits = phys_bits
         self.max_tables = max_tables
+        self.max_ranges = max_ranges
+        self.misconfigured_entries = 0
         info = decode_eptp(eptp)
         self.levels = info["levels"] if info["walk_length_minus_1"] in (3, 4) else 4
         self.eptp_problems: List[str] = info["problems"]
@@ -392,6 +399,7 @@ class EptWalker:
         if self._walked is not None:
             return self._walked
         self.tables_visited = 0
+        self.misconfigured_entries = 0
         self.unreadable = []
         ranges: List[MapRange] = []
         misconfigs: List[Misconfiguration] = []
@@ -423,6 +431,9 @@ class EptWalker:
                 last.size += size
                 last.page_size = min(last.page_size, span)
             else:
+                if len(ranges) >= self.max_ranges:
+                    raise EptError("EPT map has more than %d distinct ranges (a hostile or absurd hierarchy; "
+                                   "translate single addresses instead)" % self.max_ranges)
                 ranges.append(MapRange(gpa, size, hpa, bool(mine & 1), bool(mine & 2), bool(mine & 4),
                                        bool(mine & 0x400), memory_type, ipat, span))
 
@@ -450,6 +461,10 @@ class EptWalker:
                 value = masked[index]
                 leaf = level == 1 or (can_be_leaf and bool(value & 0x80))
                 if bad(level, value, leaf):
+                    self.misconfigured_entries += 1
+                    if len(misconfigs) >= MAX_MISCONFIGS:
+                        pos += 1
+                        continue
                     entry = self._entry(level, table, index, entries[index])
                     misconfigs.append(Misconfiguration(base + index * span, level, entry.entry_pa, entries[index],
                                                        entry.issues))
@@ -521,7 +536,8 @@ def ept_summary(walker: EptWalker) -> Dict[str, Any]:
         doc.update({"error": str(exc), "mapped_bytes": None, "ranges": None, "tables": walker.tables_visited})
         return doc
     doc.update({"mapped_bytes": sum(r.size for r in ranges), "ranges": len(ranges), "tables": walker.tables_visited,
-                "misconfigurations": len(misconfigs), "hooks": len(find_hooks(ranges)),
+                "misconfigurations": max(len(misconfigs), walker.misconfigured_entries),
+                "hooks": len(find_hooks(ranges)),
                 "unreadable_tables": list(walker.unreadable)})
     return doc
 

@@ -44,9 +44,31 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
                        help="never colour the output")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full parser: global options plus one subparser per registered command."""
-    commands = load_all()
+#: global options that take a value (their value is not the command name)
+_VALUED_GLOBALS = ("--target", "--image", "--cpu")
+
+
+def _command_word(argv: Sequence[str]) -> Optional[str]:
+    """The subcommand named on the line, skipping global options and their values."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in _VALUED_GLOBALS:
+            skip = True
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
+    """The parser: global options plus a subparser per command.  Given ``argv`` naming a
+    known command, only that command's module is imported (one-shot start-up time)."""
+    from vtdbg.commands.registry import load_command
+
+    word = _command_word(argv) if argv is not None else None
+    wanted = load_command(word) if word else None
+    commands = {wanted.name: wanted} if wanted is not None else dict(load_all())
     parser = _Parser(
         prog="vtdbg",
         description="Debugger extension for Intel VT-x state: VMCS/VMXON decoding, exits, EPT. " + NUMBER_HELP + ".",
@@ -103,7 +125,7 @@ def run(argv: Sequence[str], stdout: IO[str], stderr: IO[str], context: Optional
     replaces :func:`emit` (WinDbg renders DML, see vtdbg/frontends/windbg.py)."""
     debug = "--debug" in argv
     try:
-        parser = build_parser()
+        parser = build_parser(argv)
         args = parser.parse_args(list(argv))
         cmd = getattr(args, "_command", None)
         if cmd is None:

@@ -95,6 +95,8 @@ def normalise_runs(runs: Iterable[Run], file_size: int, warnings: List[str], wha
     clipped = 0
     repeats = 0
     beyond = 0
+    aliased = 0
+    mapped = 0
     for run in sorted(runs, key=lambda r: (r.pa, r.file_offset)):
         if run.length <= 0:
             continue
@@ -121,6 +123,12 @@ def normalise_runs(runs: Iterable[Run], file_size: int, warnings: List[str], wha
             cut = overlap_end - run.pa
             run = Run(overlap_end, length - cut, run.file_offset + cut)
             length = run.length
+        if mapped + length > file_size + PAGE:
+            # runs that alias the same file bytes at many addresses would make a small
+            # hostile file look like terabytes of memory
+            aliased += 1
+            continue
+        mapped += length
         last = out[-1] if out else None
         if last is not None and last.pa + last.length == run.pa and last.file_offset + last.length == run.file_offset:
             # contiguous in memory and in the file: one run, so scanners get one view
@@ -129,6 +137,8 @@ def normalise_runs(runs: Iterable[Run], file_size: int, warnings: List[str], wha
             out.append(Run(run.pa, length, run.file_offset))
     if beyond:
         warnings.append("%d %s(s) lie beyond 52-bit physical memory; ignored" % (beyond, what))
+    if aliased:
+        warnings.append("%d %s(s) ignored: together the runs would map more bytes than the file holds" % (aliased, what))
     if repeats:
         warnings.append("%d %s(s) overlap memory already mapped (first copy kept)" % (repeats, what))
     if clipped:
