@@ -101,7 +101,7 @@ class ImageTarget(Target):
             self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
 
     @classmethod
-    def from_bytes(cls, data: bytes, description: str = "in-memory image") -> "ImageTarget":
+    def from_bytes(cls, data: bytes, description: str = "in-memory image") -> ImageTarget:
         """An image over ``data`` (tests and embedded samples)."""
         self = cls.__new__(cls)
         Target.__init__(self, description)
