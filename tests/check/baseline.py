@@ -161,15 +161,16 @@ def adjust_controls(fields: Dict[str, int], caps: Caps) -> Dict[str, int]:
 def baseline_snapshot(caps: Optional[Caps] = None) -> Dict[str, Any]:
     """The section-5 baseline as a snapshot object (controls fitted to ``caps`` if given)."""
     fields = adjust_controls(BASELINE_FIELDS, caps) if caps is not None else dict(BASELINE_FIELDS)
+    revision = caps.revision_id if caps is not None else REVISION
     return copy.deepcopy({
         "fields": fields,
         "memory": [
-            {"address": VMCS_PA, "size": 4, "value": REVISION},
-            {"address": LINK_SPARE_PA, "size": 4, "value": REVISION},
+            {"address": VMCS_PA, "size": 4, "value": revision},
+            {"address": LINK_SPARE_PA, "size": 4, "value": revision},
             {"address": VAPIC_PA + 0x80, "size": 4, "value": 0},
         ],
         "vmcs_pa": VMCS_PA,
         "launch_state": "clear",
-        "revision_id": REVISION,
+        "revision_id": revision,
         "environment": {"vmxon_pa": VMXON_PA},
     })

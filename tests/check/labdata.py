@@ -8,7 +8,6 @@ holding the MSR-load areas and link-pointer pages the scenarios use.
 from __future__ import annotations
 
 import functools
-import gzip
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,24 +17,12 @@ from tests.conftest import FIXTURES
 from vtdbg.core.check.caps import Caps
 from vtdbg.core.check.context import Environment
 from vtdbg.core.check.facts import INVALID_POINTER
-from vtdbg.core.check.memory import Memory
+from vtdbg.core.check.memory import TargetMemory
 from vtdbg.core.check.snapshot import parse_fields
 from vtdbg.core.vmcs import Vmcs, choose_layout
+from vtdbg.target.image import ImageTarget
 
 LAB = FIXTURES / "lab"
-
-
-class ImageMemory(Memory):
-    """Guest RAM of a lab run (bytes past the image are unknown)."""
-
-    def __init__(self, data: bytes, name: str) -> None:
-        self.data = data
-        self.description = "lab memory image %s" % name
-
-    def read(self, pa: int, size: int) -> bytes:
-        if pa + size > len(self.data):
-            return super().read(pa, size)
-        return self.data[pa:pa + size]
 
 
 @dataclass
@@ -52,7 +39,7 @@ class LabModel:
         return Caps.from_mapping(self.truth, "lab ground truth of %s" % self.name)
 
     @property
-    def memory(self) -> ImageMemory:
+    def memory(self) -> TargetMemory:
         return _image(str(self.path))
 
     def page(self, scenario: Dict[str, Any]) -> bytes:
@@ -60,10 +47,9 @@ class LabModel:
 
 
 @functools.lru_cache(maxsize=1)
-def _image(path: str) -> ImageMemory:
-    # one model's 64 MiB at a time: the cache keeps the last one only
-    with gzip.open(str(Path(path) / "phys.img.gz")) as handle:
-        return ImageMemory(handle.read(), Path(path).name)
+def _image(path: str) -> TargetMemory:
+    # the image backend inflates the gzip lazily; keep one model's image at a time
+    return TargetMemory(ImageTarget(str(Path(path) / "phys.img.gz")))
 
 
 def models() -> List[str]:

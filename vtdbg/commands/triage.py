@@ -4,13 +4,24 @@ from __future__ import annotations
 import argparse
 from typing import Any, Dict, List
 
-from vtdbg.commands.registry import Context, arguments, command
+from vtdbg.commands.registry import Context, arguments, command, load_all
 from vtdbg.commands.result import Block, Cell, Heading, KeyValues, Link, Result, Table, Text, hex_value
 from vtdbg.commands.scan import progress_for, scan_blocks
 from vtdbg.core.scan import scan
 from vtdbg.core.triage import triage
 from vtdbg.lib.errors import UsageError
 from vtdbg.target.base import Capability
+
+
+def checker_status() -> Dict[str, Any]:
+    """Whether the VM-entry checker (`vtdbg check`) is installed; it is optional here."""
+    try:
+        available = "check" in load_all()
+    except Exception:  # an unfinished checker module must not break triage
+        available = False
+    if available:
+        return {"available": True, "note": "run `vtdbg check --at PA` on a VMCS for the VM-entry checks"}
+    return {"available": False, "note": "the VM-entry checker (`vtdbg check`) is not available in this installation"}
 
 
 def _bugcheck_blocks(bug: Dict[str, Any]) -> List[Block]:
@@ -76,7 +87,7 @@ def triage_cmd(ctx: Context, args: argparse.Namespace) -> Result:
     finally:
         if bar is not None:
             bar.finish()
-    report = triage(target, scanned)
+    report = triage(target, scanned, checker=checker_status())
     blocks: List[Block] = [KeyValues([["target", report["target"]], ["format", report["format"]]])]
     if report["bugcheck"]:
         blocks += _bugcheck_blocks(report["bugcheck"])

@@ -99,20 +99,6 @@ def explain_exit(vmcs: Vmcs) -> Dict[str, Any]:
     return doc
 
 
-def checker_status() -> Dict[str, Any]:
-    """Whether the VM-entry checker (vtdbg check) is installed."""
-    try:
-        from vtdbg.commands.registry import COMMANDS, load_all
-
-        load_all()
-        available = "check" in COMMANDS
-    except Exception:  # an unfinished checker module must not break triage
-        available = False
-    if available:
-        return {"available": True, "note": "run `vtdbg check --at PA` on a VMCS for the VM-entry checks"}
-    return {"available": False, "note": "the VM-entry checker (`vtdbg check`) is not available in this installation"}
-
-
 def profile_status(target: Target) -> Dict[str, Any]:
     """The target profile that fits, or why none is used (profiles are optional)."""
     try:
@@ -130,8 +116,10 @@ def profile_status(target: Target) -> Dict[str, Any]:
             % (found.profile.name, found.module)}
 
 
-def triage(target: Target, scanned: Optional[ScanResult] = None, max_vmcs: int = 16) -> Dict[str, Any]:
-    """The triage report of ``target`` as JSON-ready data."""
+def triage(target: Target, scanned: Optional[ScanResult] = None, max_vmcs: int = 16,
+           checker: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The triage report of ``target`` as JSON-ready data.  ``checker`` says whether the
+    VM-entry checker is installed (the command layer knows; core does not look)."""
     result = scanned or scan(target)
     info = dict(getattr(target, "info", {}) or {})
     report: Dict[str, Any] = {"target": target.description, "format": info.get("format", target.kind)}
@@ -159,6 +147,7 @@ def triage(target: Target, scanned: Optional[ScanResult] = None, max_vmcs: int =
     if len(result.vmcs) > max_vmcs:
         report.setdefault("notes", []).append("%d more VMCS not decoded here; use `vtdbg vmcs --cpu N`"
                                               % (len(result.vmcs) - max_vmcs))
-    report["checker"] = checker_status()
+    report["checker"] = checker or {"available": False, "note": "the VM-entry checker (`vtdbg check`) was not "
+                                                                "consulted"}
     report["profile"] = profile_status(target)
     return report

@@ -840,8 +840,8 @@ def _penddbg_bs(ctx: Ctx) -> Iterator[Finding]:
 @predicate("GUEST-PENDDBG-RTM")
 def _penddbg_rtm(ctx: Ctx) -> Iterator[Finding]:
     value = _pending(ctx)
-    if not reg_get("pending_debug", "rtm", value):
-        return
+    if not reg_get("pending_debug", "rtm", value) or not ctx.caps.default("rtm"):
+        return  # without RTM support bit 16 is simply reserved (GUEST-PENDDBG-RSVD)
     others = value & (0xFFF | 0xE000)
     if others or not reg_get("pending_debug", "enabled_bp", value) or _blocked(ctx, "mov_ss"):
         yield Finding("GUEST_PENDING_DBG_EXCEPTIONS", value, "with RTM (bit 16) set, bits 11:0 and 15:13 must be 0, "

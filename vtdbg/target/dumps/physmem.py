@@ -138,7 +138,8 @@ def normalise_runs(runs: Iterable[Run], file_size: int, warnings: List[str], wha
     if beyond:
         warnings.append("%d %s(s) lie beyond 52-bit physical memory; ignored" % (beyond, what))
     if aliased:
-        warnings.append("%d %s(s) ignored: together the runs would map more bytes than the file holds" % (aliased, what))
+        warnings.append("%d %s(s) ignored: together the runs would map more bytes than the file holds"
+                        % (aliased, what))
     if repeats:
         warnings.append("%d %s(s) overlap memory already mapped (first copy kept)" % (repeats, what))
     if clipped:
