@@ -164,6 +164,10 @@ def test_small_parsers():
                                                                                (1, "pbreakpoint", 0xBC27)]
     assert bp.parse_page("linear page 0x000000000000b000 maps to physical page 0x00000004b000", 0xB123) == 0x4B123
     assert bp.parse_page("physical address not available for linear 0x00007fffffff0000", 0) is None
+    assert bp.parse_pages("linear page 0x000000000000b000 maps to physical page 0x00000004b000\n"
+                          "PML4: 0x0000000000000000    ps         a pcd pwt S R p\n"
+                          "physical address not available for linear 0x00007fffffff0123\n") == {
+        0xB000: 0x4B000, 0x7FFFFFFF0000: None}
     assert bp.parse_disasm("0000000000007c22: (                    ): mov si, 0x7c49            ; be497c\n") == [
         (0x7C22, 3, "mov si, 0x7c49")]
     log = ("00000000000i[MEM0  ] 64.00MB\n00000000000i[MEM0  ] rom at 0xfffe0000/131072 ('/x')\n"
@@ -321,10 +325,10 @@ def test_identity_console_memory_and_registers(tiny):
         before = target.transactions
         assert target.read_phys(0x8000, 4096)[:256] == bytes(range(256))
         assert target.read_virt(0x8000, 16) == bytes(range(16))  # real mode: linear = physical
-        assert target.transactions - before == 2
+        assert target.transactions - before == 3  # xp; page; xp
         regs = target.registers()
         assert regs["rip"] == first["rip"] and regs["cr0"] & 1 == 0 and regs["rsp"] == 0x7000
-        assert target.registers() == regs and target.transactions - before == 3  # cached until the next stop
+        assert target.registers() == regs and target.transactions - before == 4  # cached until the next stop
         with pytest.raises(MemoryReadError):
             target.read_phys(0x100000000, 8)  # beyond RAM: refused before Bochs sees it
         with pytest.raises(MemoryWriteError):
@@ -547,6 +551,10 @@ def test_lab_vm_exits_decode_like_the_lab_says(lab_config, tmp_path):
             decoded.append((vmcs.get("VM_EXIT_REASON"), vmcs.get("GUEST_RIP"), event["cpu"]))
             if len(decoded) == 1:
                 assert read_vmcs(target, state["vmcsptr"]).layout == target.preferred_layout  # auto agrees
+                # long mode with paging: linear reads go through Bochs's translation
+                assert target.read_virt(event["rip"], 16) == target.read_phys(event["pa"], 16)
+                with pytest.raises(MemoryReadError, match="not mapped"):
+                    target.read_virt(0x7FFFFFFF0000, 8)
                 msrs = target.read_msrs(range(0x480, 0x492))
                 maxphyaddr = target.maxphyaddr()
                 assert target.registers()["rip"] == event["rip"]  # injections leave no trace

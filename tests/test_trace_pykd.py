@@ -156,7 +156,17 @@ def test_per_reason_handler_functions_are_the_sites_when_no_register_is_needed(p
     assert sim.breakpoints == {}
 
 
-def test_without_a_profile_host_rip_from_the_vmcs_is_the_site(pykd):
+def test_guest_registers_come_from_the_profile_frame_at_the_c_handler(pykd):
+    sim = tm.scripted_simulator(pykd)
+    docs = trace_json(PykdTarget(pykd), "--site", "frame")
+    assert [key(d) for d in docs] == expected(lambda e: True)
+    assert {d["site"] for d in docs} == {"simhv!SimExitHandler"}
+    assert all("rsp" not in d["gprs"] and d["gprs"]["rax"] != 0xDEAD for d in docs)
+    assert sim.breakpoints == {}
+
+
+def test_without_a_profile_host_rip_from_the_vmcs_is_the_site(pykd, isolated_home):
+    (isolated_home / "profiles" / "simhv.json").unlink()
     sim = tm.scripted_simulator(pykd)
     docs = trace_json(PykdTarget(pykd), "--count", "3", *ALL_VMCS)
     assert [d["site"] for d in docs] == ["HOST_RIP 0x%x" % tm.ENTRY] * 3
@@ -183,7 +193,7 @@ def test_break_stops_at_the_first_match_and_step_continues(pykd):
         assert status == 0, err
         return json.loads(out.getvalue())
 
-    hit = shell("trace", "msr-read", "--break")
+    hit = shell("trace", "msr-read", "--break", "--site", "entry")
     assert [key(d) for d in hit] == [(0, 31, 0x174)]
     assert sim.breakpoints == {}  # stopped there, nothing left armed
     steps = [shell("step")[0] for _ in range(3)]
@@ -210,7 +220,7 @@ def test_events_need_a_session(pykd):
 
 def test_command_action_runs_against_the_stopped_exit(pykd):
     tm.scripted_simulator(pykd)
-    docs = trace_json(PykdTarget(pykd), "io-in", "--command", "vmcs --json", "--vmcs", "0x40000")
+    docs = trace_json(PykdTarget(pykd), "io-in", "--command", "vmcs --json")
     assert len(docs) == 2
     for doc in docs:
         assert '"VM_EXIT_REASON"' in doc["command_output"]
@@ -282,6 +292,21 @@ def _fail_in_record_hook(monkeypatch):
     monkeypatch.setattr(TraceLog, "write", write)
 
 
+def _fail_registers(monkeypatch):
+    from vtdbg.lib.errors import TargetError
+
+    original = PykdTarget.registers
+    calls = {"n": 0}
+
+    def registers(self):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise TargetError("the debugger has no register context for CPU 1")
+        return original(self)
+
+    monkeypatch.setattr(PykdTarget, "registers", registers)
+
+
 FAULTS = {
     # phase: (how, expected status, extra argv)
     "arm": (lambda pykd, sim, mp: sim.inject("setBp", pykd.DbgException("no more breakpoints"), after=1), 2,
@@ -290,10 +315,10 @@ FAULTS = {
     "read": (lambda pykd, sim, mp: sim.inject("loadBytes", pykd.MemoryException("Memory exception at 0x41000 "
                                                                                 "target physical address"), after=1),
              2, ALL_VMCS + ["--at", hex(tm.ENTRY)]),
-    "registers": (lambda pykd, sim, mp: sim.inject("reg", pykd.DbgException("no context"), after=16 + 17), 2,
-                  ALL_VMCS + ["--at", hex(tm.ENTRY)]),
+    "registers": (lambda pykd, sim, mp: _fail_registers(mp), 2, ALL_VMCS + ["--at", hex(tm.ENTRY)]),
     "callback": (lambda pykd, sim, mp: _fail_in_callback(mp), 1, []),
-    "record-hook": (lambda pykd, sim, mp: _fail_in_record_hook(mp), 2, ["--log", "LOG"]),
+    # a bug in the hook is an internal error (status 1), still cleaned up
+    "record-hook": (lambda pykd, sim, mp: _fail_in_record_hook(mp), 1, ["--log", "LOG"]),
     "ctrl-c": (lambda pykd, sim, mp: sim.inject("go", KeyboardInterrupt(), after=3), 130, []),
     "count": (lambda pykd, sim, mp: None, 0, ["--count", "5"]),
     "end": (lambda pykd, sim, mp: None, 0, []),
@@ -342,3 +367,14 @@ def test_step_through_every_exit_in_order(pykd):
     out, err = io.StringIO(), io.StringIO()
     assert run(["step", "--json"], out, err, context=ctx) == 2  # nothing left to run
     assert "stopped" in err.getvalue()
+
+
+def test_a_log_that_cannot_be_written_is_a_clean_error(pykd, tmp_path):
+    import os
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    sim = tm.scripted_simulator(pykd)
+    status, out, err = cli(PykdTarget(pykd), "trace", "--log", "/dev/full")
+    assert status == 2 and "cannot write the trace log" in err
+    assert sim.breakpoints == {}

@@ -173,6 +173,9 @@ def test_on_a_lab_memory_image() -> None:
     doc = json.loads(out)
     assert doc["result"] == "ok", doc["violations"]
     assert doc["assumptions"]["environment"]["instruction"]["value"] == "vmresume"
+    status, out, err = run_cli("check", "--image", image, "--cpu", "0", "--caps", truth, "--json")
+    doc = json.loads(out)
+    assert (doc["cpu"], doc["result"], doc["assumptions"]["vmcs_pa"]) == (0, "ok", lab.truth["vmcs_pa"])
     first = lab.scenarios[0]
     status, out, err = run_cli("check", "--image", image, "--at", "0x100000", "--caps", truth, "--json")
     doc = json.loads(out)

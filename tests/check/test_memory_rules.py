@@ -161,3 +161,46 @@ def test_vmxon_readiness_unit() -> None:
     verdicts = {v.id: v for v in vmxon_readiness(caps, 0x80050032, 0x2620, 1 << 47, 4, 0)}
     assert verdicts["VMXON-CR0-FIXED"].status == "fail" and verdicts["VMXON-REGION-WIDTH"].status == "fail"
     assert "0x80050033" in verdicts["VMXON-CR0-FIXED"].detail
+
+
+def test_pointer_outside_target_memory_is_an_advisory() -> None:
+    """With a target, a bitmap outside its physical memory is pointed out (the entry itself
+    may still succeed); a snapshot cannot tell, so it says nothing."""
+    doc = baseline_snapshot()
+    doc["fields"]["MSR_BITMAP"] = 0x7FFF000000  # below MAXPHYADDR, far beyond the image
+    snap = snapshot_from_json(doc)
+    target = ImageTarget.from_bytes(bytes(0x4000000))
+    report = check_vmcs(snap.vmcs, baseline_caps(), TargetMemory(target), snap.environment)
+    assert report.outcome.result == "ok"
+    assert [(a.rule.id, a.finding.field) for a in report.advisories] == [("ADV-POINTER-OUTSIDE-MEMORY", "MSR_BITMAP")]
+    assert not run(doc).advisories
+
+
+def test_environment_and_caps_from_a_live_target() -> None:
+    from vtdbg.core.check.checker import environment_from_target
+    from vtdbg.lib.errors import CapabilityError
+    from vtdbg.target.base import Capability, Target
+
+    class Live(Target):
+        kind = "fake"
+        capabilities = Capability.REGS | Capability.MSR_READ
+
+        def registers(self) -> Dict[str, int]:
+            return {"cs": 0x33, "efer": 0xD01, "cs_ar": 0xA0FB, "rflags": 0x202}
+
+        def read_msr(self, index: int) -> int:
+            from tests.check.baseline import BASELINE_MSRS
+
+            if index == 0x3A:
+                return 5
+            if index not in BASELINE_MSRS:
+                raise CapabilityError("no MSR 0x%x" % index)
+            return BASELINE_MSRS[index]
+
+    live = Live("fake live CPU")
+    env = environment_from_target(live)
+    assert (env.cpl, env.host_ia32e, env.cpu_mode) == (3, True, "64-bit")
+    assert env.stated["cpl"].startswith("registers of")
+    caps = Caps.from_target(live)
+    assert caps.msr(0x48E) == baseline_caps().msr(0x48E) and caps.msr(0x3A) == 5
+    assert 0x492 not in caps.msrs  # tertiary controls not allowed: never read

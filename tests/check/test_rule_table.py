@@ -47,6 +47,8 @@ def test_rule_metadata_is_well_formed() -> None:
 def test_outcome_classes_match_the_stage() -> None:
     expected = {"controls": ("vmfail", 7), "host": ("vmfail", 8)}
     for rule in table().rules:
+        if rule.advisory:
+            continue
         if rule.stage in expected:
             assert (rule.outcome.result, rule.outcome.error) == expected[rule.stage], rule.id
         if rule.stage in ("guest", "msr_load"):

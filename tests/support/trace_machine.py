@@ -29,10 +29,14 @@ STANDIN = ROOT / "tests" / "pykd_standin" / "pykd.py"
 
 KVA = 0xFFFFF80000000000
 ENTRY = KVA + 0x100
+C_HANDLER = KVA + 0x180
 HANDLE_CPUID = KVA + 0x200
 HANDLE_MSR_READ = KVA + 0x280
 RESUME = KVA + 0x300
 VCPUS = KVA + 0x1000
+FRAMES = KVA + 0x2000
+FRAME_ORDER = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13",
+               "r14", "r15")
 VCPU_SIZE = 0x20
 VMCS_BASE = 0x40000
 GUEST_CR3 = 0x5000
@@ -138,7 +142,8 @@ def spec(cpus: int = 3) -> Dict[str, Any]:
     return {
         "mode": "live", "image": bytes(image), "cpus": regs, "thread_ids": list(range(cpus)), "current": 0,
         "modules": [{"name": "simhv", "base": KVA, "size": 0x10000}],
-        "symbols": {"simhv!g_Vcpus": VCPUS, "simhv!SimExitEntry": ENTRY, "simhv!SimHandleCpuid": HANDLE_CPUID,
+            "symbols": {"simhv!g_Vcpus": VCPUS, "simhv!SimExitEntry": ENTRY, "simhv!SimExitHandler": C_HANDLER,
+                    "simhv!SimHandleCpuid": HANDLE_CPUID,
                     "simhv!SimHandleMsrRead": HANDLE_MSR_READ, "simhv!SimResume": RESUME},
     }
 
@@ -153,6 +158,8 @@ PROFILE = {
     "exit_handler": {"entry": ["SimExitEntry"], "handler": ["SimExitHandler"], "resume": ["SimResume"],
                      "root_only": ["SimExitEntry", "SimHandleCpuid", "SimHandleMsrRead", "SimResume"]},
     "exit_reason_handlers": {"CPUID": "SimHandleCpuid", "MSR_READ": "SimHandleMsrRead"},
+    "register_frame": {"pointer": "rcx: first argument of SimExitHandler", "slot_size": 8,
+                       "order": list(FRAME_ORDER)},
 }
 
 
@@ -211,11 +218,24 @@ def scripted_simulator(pykd: Any, script: Tuple[Exit, ...] = DEFAULT_SCRIPT, cpu
             machine.cpus[item.cpu].regs.update(rax=item.rax, rcx=item.rcx)
         return apply
 
+    def frame_of(item: Exit) -> Callable[[Any], None]:
+        def apply(machine: Any) -> None:
+            # the entry stub saved the guest GPRs on its stack and passes the frame in RCX
+            guest = dict(machine.cpus[item.cpu].regs)
+            frame = FRAMES + 0x100 * item.cpu
+            pa = _KERNEL_PHYS + (frame - KVA)
+            for i, name in enumerate(FRAME_ORDER):
+                value = guest.get(name, 0) if name != "rsp" else guest.get("rbp", 0)
+                machine.phys[pa + 8 * i:pa + 8 * i + 8] = value.to_bytes(8, "little")
+            machine.cpus[item.cpu].regs.update(rcx=frame, rax=0xDEAD)
+        return apply
+
     for number, item in enumerate(script):
         if disconnect_after is not None and number == disconnect_after:
             sim.script.append((item.cpu, 0, None, "disconnect"))
             break
         sim.script.append((item.cpu, ENTRY, effect_of(item), "entry"))
+        sim.script.append((item.cpu, C_HANDLER, frame_of(item), "c-handler"))
         handler = HANDLERS.get(item.reason)
         if handler is not None:
             sim.script.append((item.cpu, handler, None, "handler"))

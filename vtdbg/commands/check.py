@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from vtdbg.commands.registry import Context, arguments, command
 from vtdbg.commands.result import Block, Heading, KeyValues, Result, Table, Text, hex_value
+from vtdbg.commands.vmcs import _cpu_list, _regions
 from vtdbg.core.check.caps import Caps
 from vtdbg.core.check.checker import check_vmcs, environment_from_target
 from vtdbg.core.check.context import ENVIRONMENT_DEFAULTS, Environment
@@ -15,10 +16,9 @@ from vtdbg.core.check.memory import Memory, TargetMemory
 from vtdbg.core.check.rules import sdm_text
 from vtdbg.core.check.snapshot import load_snapshot
 from vtdbg.core.check.vmxon import summary, vmxon_readiness
-from vtdbg.core.locate import find_vmcs
 from vtdbg.core.vmcs import Vmcs, read_vmcs
 from vtdbg.lib.errors import UsageError, VtdbgError
-from vtdbg.lib.numbers import NUMBER_HELP, parse_address, parse_int
+from vtdbg.lib.numbers import parse_address, parse_int
 from vtdbg.target.base import Capability, Target, read_exact
 
 #: --env values that are flags
@@ -72,8 +72,11 @@ def _load_caps(args: argparse.Namespace, target: Optional[Target], cpu: Optional
     return caps
 
 
-def _yes(value: Any) -> str:
-    return "-" if value is None else str(value)
+def _shown(key: str, value: Any) -> str:
+    """Masks in hex, the rest as they are."""
+    if key.endswith("_mask") and isinstance(value, int):
+        return hex(value)
+    return str(value)
 
 
 def report_blocks(report: Report, vmcs: Vmcs) -> List[Block]:
@@ -119,10 +122,8 @@ def report_blocks(report: Report, vmcs: Vmcs) -> List[Block]:
     pairs = [["VMCS", "%s at %s" % (vmcs.trust or vmcs.source, hex_value(assumed.get("vmcs_pa")))],
              ["capabilities", assumed.get("caps_source", "-")],
              ["memory", assumed.get("memory_source", "-")]]
-    defaults = ["%s=%s" % (k, v["value"]) for k, v in assumed.get("environment", {}).items()
-                if v["source"] == "default" and v["value"] is not None]
-    defaults += ["%s=%s" % (k, v["value"]) for k, v in assumed.get("processor", {}).items()
-                 if v["source"] == "default" and v["value"] is not None]
+    defaults = ["%s=%s" % (k, _shown(k, v["value"])) for section in ("environment", "processor")
+                for k, v in assumed.get(section, {}).items() if v["source"] == "default" and v["value"] is not None]
     pairs.append(["assumed (defaults)", ", ".join(defaults) or "-"])
     blocks.append(KeyValues(pairs, title="Inputs"))
     return blocks
@@ -134,17 +135,6 @@ def _check_one(vmcs: Vmcs, caps: Caps, memory: Memory, env: Environment,
     return report.to_json(), report_blocks(report, vmcs), list(report.warnings)
 
 
-def _cpus(ctx: Context, count: int) -> List[int]:
-    if ctx.cpu is None:
-        return [0]
-    if ctx.cpu.lower() == "all":
-        return list(range(count))
-    cpu = parse_int(ctx.cpu, "CPU number")
-    if not 0 <= cpu < count:
-        raise UsageError("CPU %d does not exist here (%d VMCS regions found)" % (cpu, count))
-    return [cpu]
-
-
 @command("check", help="predict VMLAUNCH/VMRESUME on a VMCS and list every violated VM-entry rule",
          examples=["vtdbg check --snapshot vmcs.json --caps caps.json",
                    "vtdbg check --image lab.img --at 0x21000 --caps caps.json --json",
@@ -152,7 +142,7 @@ def _cpus(ctx: Context, count: int) -> List[int]:
          description="Evaluate every SDM VM-entry check (basic checks, controls, host state, guest state, MSR "
                      "loading) and predict the outcome: #UD/#GP, VMfailInvalid, VMfailValid 4/5/7/8/26, or a "
                      "VM-entry failure with exit reason 33 (and its qualification) or 34 (and the failing "
-                     "MSR-load entry). Rules whose inputs are unknown are listed as not checked. " + NUMBER_HELP + ".")
+                     "MSR-load entry). Rules whose inputs are unknown are listed as not checked.")
 @arguments(_check_args)
 def check_cmd(ctx: Context, args: argparse.Namespace) -> Result:
     """See the command help."""
@@ -183,17 +173,16 @@ def check_cmd(ctx: Context, args: argparse.Namespace) -> Result:
         cpu = None if ctx.cpu is None else parse_int(ctx.cpu, "CPU number")
         doc, blocks, warnings = _check_one(vmcs, _load_caps(args, target, cpu), memory, env)
         return Result(doc, blocks, warnings=warnings)
-    found = find_vmcs(target)
-    if not found:
-        raise VtdbgError("no VMCS found in %s; give --at PA or --snapshot FILE" % target.description)
-    cpus = _cpus(ctx, len(found))
+    # the same VMCS-per-CPU choice as `vtdbg vmcs` (profile when symbols allow, else a scan)
+    found = _regions(ctx)
+    cpus = _cpu_list(ctx, len(found))
     several = ctx.cpu is not None and ctx.cpu.lower() == "all"
     docs: List[Dict[str, Any]] = []
     all_blocks: List[Block] = []
     all_warnings: List[str] = []
     for cpu in cpus:
         try:
-            vmcs = read_vmcs(target, found[cpu].pa, args.layout)
+            vmcs = read_vmcs(target, found[cpu], args.layout)
             env = environment_from_target(target)
             _parse_env(args.env, env)
             if args.instruction:
@@ -208,7 +197,7 @@ def check_cmd(ctx: Context, args: argparse.Namespace) -> Result:
             continue
         doc["cpu"] = cpu
         docs.append(doc)
-        all_blocks += [Heading("CPU %d (VMCS at %s)" % (cpu, hex_value(found[cpu].pa)))] + blocks
+        all_blocks += [Heading("CPU %d (VMCS at %s)" % (cpu, hex_value(found[cpu])))] + blocks
         all_warnings += warnings
     if not several:
         return Result(docs[0], all_blocks, warnings=all_warnings)
@@ -266,7 +255,7 @@ def vmxon_check(ctx: Context, caps_file: Optional[str] = None, cr0: Optional[str
                    "vtdbg vmxon-check --target kd:net:port=50000,key=1.2.3.4 --at 0x1E00000"],
          description="The checks a hypervisor makes before VMXON, each with pass/fail/unknown and what VMXON "
                      "does when it fails. Inputs come from a caps file and the given CR0/CR4, or from a target "
-                     "with MSR and register access. " + NUMBER_HELP + ".")
+                     "with MSR and register access.")
 @arguments(_vmxon_args)
 def vmxon_check_cmd(ctx: Context, args: argparse.Namespace) -> Result:
     """See the command help."""

@@ -32,6 +32,7 @@ from vtdbg.core.trace import (
     BreakpointSource,
     ExitReader,
     ExitSource,
+    RegisterFrame,
     Site,
     TraceLimits,
     TraceLog,
@@ -67,9 +68,8 @@ _LIVE_COLUMNS = [("#", 5, True), ("cpu", 3, True), ("reason", 20, False), ("argu
 def session_state(ctx: Context) -> Optional[Dict[str, Any]]:
     """Where events and the step position live: the shell's ``state``, the persistent
     dict under WinDbg, or None for a one-shot command."""
-    state = getattr(ctx, "state", None)
-    if isinstance(state, dict):
-        return state
+    if getattr(ctx, "in_shell", False) and isinstance(getattr(ctx, "state", None), dict):
+        return ctx.state  # type: ignore[attr-defined]
     if ctx.target_uri == _WINDBG_URI:
         return _PERSISTENT
     return None
@@ -102,9 +102,10 @@ def _source_options(parser: argparse.ArgumentParser) -> None:
                                       "breakpoints at the exit handler found from the profile or HOST_RIP)")
     group.add_argument("--at", metavar="ADDR", action="append", default=[],
                        help="break at this exit-handler entry (HOST_RIP) instead; repeatable")
-    group.add_argument("--site", choices=("auto", "entry", "handler"), default="auto",
-                       help="with a profile: break at the entry stub, or at per-reason handler functions "
-                            "(auto: handlers when every filter has one and needs no guest register)")
+    group.add_argument("--site", choices=("auto", "entry", "handler", "frame"), default="auto",
+                       help="with a profile: break at the entry stub, at per-reason handler functions (auto: "
+                            "those when every filter has one and needs no guest register), or at the C handler, "
+                            "reading guest registers from the profile's register frame")
     group.add_argument("--resume-at", metavar="ADDR", action="append", default=[],
                        help="also break where the handler resumes the guest, to time handlers; repeatable")
     group.add_argument("--latency", action="store_true",
@@ -169,6 +170,18 @@ def _profile(target: Target, name: Optional[str], notes: List[str]) -> Tuple[Any
     return detection.profile, detection.module
 
 
+def _frame(profile: Any) -> Optional[RegisterFrame]:
+    """The profile's register frame: the pointer register is the first word of
+    ``register_frame.pointer`` ("rcx: first argument of ...")."""
+    doc = profile.doc.get("register_frame") or {}
+    order = doc.get("order")
+    words = str(doc.get("pointer") or "").replace(":", " ").split()
+    if not isinstance(order, list) or not words or not words[0].lower().startswith("r"):
+        return None
+    slot = doc.get("slot_size", 8)
+    return RegisterFrame(words[0].lower(), tuple(str(n).lower() for n in order), int(slot) if slot else 8)
+
+
 def build_source(ctx: Context, target: Target, args: argparse.Namespace, filters: Sequence[ExitFilter],
                  cpu: Optional[int], notes: List[str]) -> ExitSource:
     """The exit source for this target and these options (see the module docstring)."""
@@ -214,6 +227,12 @@ def build_source(ctx: Context, target: Target, args: argparse.Namespace, filters
                 sites = found
             elif args.site == "handler":
                 raise UsageError("profile %s has no handler function for every filtered reason" % profile.name)
+        if not sites and args.site == "frame":
+            frame = _frame(profile)
+            hit = _resolve(target, module, profile.exit_handler)
+            if hit is None or frame is None:
+                raise UsageError("profile %s names no C exit handler with a register frame" % profile.name)
+            sites = [Site(hit[1], "handler", hit[0], frame)]
         if not sites:
             hit = _resolve(target, module, profile.exit_entry)
             if hit is not None:
@@ -637,7 +656,7 @@ def _stats_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--title", metavar="TEXT", help="title of the HTML report")
 
 
-@command("stats", help="statistics of a trace log: per reason and CPU, count, %, rate, handler time; histogram",
+@command("stats", help="statistics of a trace log: per reason and CPU, count, share, rate, handler time; histogram",
          examples=["vtdbg stats exits.jsonl", "vtdbg stats exits.jsonl --html report.html --json"],
          description="Summarise a VM-exit trace the way `perf kvm stat` does: samples, share, rate and, where the "
                      "trace timed handlers (--latency/--resume-at), min/max/avg time between exit and resume.")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
@@ -92,6 +93,9 @@ class Scratch:
     code: Area
     data: Optional[Area] = None
     source: str = ""
+    #: paging-structure entries that map the areas: (physical address, value when checked,
+    #: is the leaf).  Running the stub may set their Accessed/Dirty bits; they are put back.
+    paging: List[Tuple[int, int, bool]] = field(default_factory=list)
 
     @property
     def single(self) -> bool:
@@ -127,6 +131,10 @@ def transactions(target: Target) -> Optional[int]:
     return int(value) if isinstance(value, int) else None
 
 
+_VALIDATED: "weakref.WeakKeyDictionary[Target, Dict[Tuple[int, int, int, int], List[Tuple[int, int, bool]]]]" = \
+    weakref.WeakKeyDictionary()
+
+
 def scratch_at(target: Target, pa: int, size: int = DEFAULT_SCRATCH_SIZE, va: Optional[int] = None) -> Scratch:
     """A user-given scratch region at physical ``pa`` (``--scratch PA``).
 
@@ -140,43 +148,60 @@ def scratch_at(target: Target, pa: int, size: int = DEFAULT_SCRATCH_SIZE, va: Op
     linear = pa if va is None else va
     if linear & 0xFFF:
         raise UsageError("--scratch-va 0x%x is not 4 KiB aligned" % linear)
-    problem = mapping_problem(target, linear, pa, size, writable=True, executable=True)
-    if problem:
+    try:
+        entries = check_mapping(target, linear, pa, size, writable=True, executable=True)
+    except LiveError as exc:
         hint = "" if va is not None else " (give --scratch-va VA where the hypervisor maps it)"
-        raise LiveError("scratch 0x%x: %s%s" % (pa, problem, hint))
-    return Scratch(Area(linear, pa, size), source="--scratch 0x%x%s" % (pa, "" if va is None else " at 0x%x" % va))
+        raise LiveError("scratch 0x%x: %s%s" % (pa, exc, hint)) from None
+    return Scratch(Area(linear, pa, size), source="--scratch 0x%x%s" % (pa, "" if va is None else " at 0x%x" % va),
+                   paging=entries)
 
 
-def mapping_problem(target: Target, va: int, pa: int, size: int, writable: bool, executable: bool) -> str:
-    """Why [va, va+size) is not mapped to [pa, pa+size) with the wanted permissions in the
-    current CPU's page tables ('' when it is).  Skipped (trusted) without CR3 or paging."""
+def check_mapping(target: Target, va: int, pa: int, size: int, writable: bool,
+                  executable: bool) -> List[Tuple[int, int, bool]]:
+    """Check that linear [va, va+size) maps [pa, pa+size) with the wanted permissions in the
+    current CPU's page tables; returns the paging entries involved (LiveError otherwise).
+
+    Results are remembered per target and CR3: a one-shot command pays the walk (a read per
+    level) once, a shell session once per scratch area."""
     from vtdbg.target.paging import translate
 
     if not target.has(Capability.REGS):
-        return ""
+        return []
     regs = target.registers()
     cr0, cr3 = regs.get("cr0"), regs.get("cr3")
     if cr3 is None or cr0 is None or not cr0 & (1 << 31):
-        return "" if va == pa else "paging is off, so linear 0x%x is physical 0x%x, not 0x%x" % (va, va, pa)
+        if va != pa:
+            raise LiveError("paging is off, so linear 0x%x is physical 0x%x, not 0x%x" % (va, va, pa))
+        return []
+    key = (va, pa, size, cr3)
+    known = _VALIDATED.setdefault(target, {})
+    if key in known:
+        return list(known[key])
+    entries: List[Tuple[int, int, bool]] = []
     page = va & ~0xFFF
     checked = 0
     while page < va + size and checked < 64:
         try:
             phys, walk = translate(target.read_phys, cr3, page)
         except VtdbgError as exc:
-            return "linear 0x%x is not mapped (%s)" % (page, exc)
+            raise LiveError("linear 0x%x is not mapped (%s)" % (page, exc)) from None
         if phys != pa + (page - va):
-            return "linear 0x%x maps physical 0x%x, not 0x%x" % (page, phys, pa + (page - va))
-        entries = [entry for _, entry in walk]
-        if writable and not all(entry & 2 for entry in entries):
-            return "linear 0x%x is mapped read-only" % page
-        if executable and any(entry >> 63 for entry in entries):
-            return "linear 0x%x is mapped no-execute" % page
-        # a large page covers the rest of the range at once
+            raise LiveError("linear 0x%x maps physical 0x%x, not 0x%x" % (page, phys, pa + (page - va)))
+        values = [entry for _, entry in walk]
+        if writable and not all(entry & 2 for entry in values):
+            raise LiveError("linear 0x%x is mapped read-only" % page)
+        if executable and any(entry >> 63 for entry in values):
+            raise LiveError("linear 0x%x is mapped no-execute" % page)
+        for number, (where, entry) in enumerate(walk):
+            if all(where != seen for seen, _, _ in entries):
+                entries.append((where, entry, number == len(walk) - 1))
+        # a large page covers the rest of its range at once
         leaf_size = {4: _PAGE, 3: 1 << 21, 2: 1 << 30}.get(len(walk), _PAGE)
         page = (page & ~(leaf_size - 1)) + leaf_size
         checked += 1
-    return ""
+    known[key] = list(entries)
+    return entries
 
 
 def scratch_from_image(target: Target, module: str, base: int, size: int) -> Scratch:
@@ -211,22 +236,23 @@ def scratch_from_image(target: Target, module: str, base: int, size: int) -> Scr
     if code_pad is None or data_pad is None:
         raise LiveError("%s has no padding large enough for the stub (code >= %d, data >= %d bytes); give --scratch"
                         % (module, _MIN_CODE_PAD, _MIN_DATA_PAD))
-    areas = []
-    for (va, length), writable in ((code_pad, False), (data_pad, True)):
-        # 16-byte aligned start, and stay in the padding's page
-        start = (va + 15) & ~15
-        length -= start - va
-        regs = target.registers()
-        from vtdbg.target.paging import translate
+    from vtdbg.target.paging import translate
 
-        pa, _ = translate(target.read_phys, regs["cr3"], start)
+    areas = []
+    paging: List[Tuple[int, int, bool]] = []
+    cr3 = target.registers()["cr3"]
+    for (va, length), writable in ((code_pad, False), (data_pad, True)):
+        start = (va + 15) & ~15  # 16-byte aligned, and still inside the padding's page
+        length -= start - va
+        pa, _ = translate(target.read_phys, cr3, start)
         if target.read_phys(pa, length) != bytes(length):
             raise LiveError("%s: the padding at 0x%x is not all zero; not using it" % (module, start))
-        problem = mapping_problem(target, start, pa, length, writable=writable, executable=not writable)
-        if problem:
-            raise LiveError("%s padding: %s" % (module, problem))
+        try:
+            paging += check_mapping(target, start, pa, length, writable=writable, executable=not writable)
+        except LiveError as exc:
+            raise LiveError("%s padding: %s" % (module, exc)) from None
         areas.append(Area(start, pa, length))
-    return Scratch(areas[0], areas[1], source="%s image padding" % module)
+    return Scratch(areas[0], areas[1], source="%s image padding" % module, paging=paging)
 
 
 # -- running a stub -------------------------------------------------------------------------------
@@ -316,8 +342,7 @@ class StubRunner:
         erase = self.bochs and self.scratch.single and _uniform(originals[0][stub.CODE_OFFSET:])
         entry_va = code.va + stub.CODE_OFFSET + program.entry
         stop_va = code.va + stub.CODE_OFFSET + program.stop
-        inputs = {name: (lay["data_va"] if value == "@data" else int(value))  # type: ignore[call-overload]
-                  for name, value in program.inputs.items()}
+        inputs = {name: _input(value, lay["data_va"]) for name, value in program.inputs.items()}
         owned = set(program.clobbers) | set(inputs) | {"rip", "rflags"}
         if self.bochs:
             owned |= {"rdi", "rcx", "rax", "r9"}  # the erase tail's registers
@@ -388,6 +413,7 @@ class StubRunner:
         if not self.bochs:
             handle = target.break_at(stop_va, lambda cpu: True)
             state.breakpoint = handle
+        state.resumed = True
         target.resume()
         if handle is not None:
             state.breakpoint = None
@@ -397,6 +423,9 @@ class StubRunner:
             raise LiveError("%s did not reach its stop at 0x%x: the CPU is at %s (a fault inside the stub, "
                             "or another event stopped the target first)"
                             % (what, stop_va, "0x%x" % rip if rip is not None else "an unknown address"))
+
+    def _restore_paging(self, attempt: Callable[[str, Callable[[], None]], bool]) -> None:
+        _restore_paging_entries(self.target, self.scratch.paging, attempt)
 
     def _restore(self, program: stub.Program, lay: Dict[str, int], touched: List[Tuple[int, int]],
                  originals: List[bytes], regs0: Dict[str, int], owned: Set[str], erase: bool,
@@ -457,6 +486,8 @@ class StubRunner:
                         raise RestoreError("0x%x bytes at 0x%x differ from before (first at +0x%x)"
                                            % (size, pa, first))
                 attempt("verifying memory at 0x%x" % pa, verify)
+        if state.resumed:
+            self._restore_paging(attempt)
         if state.registers_changed:
             wanted = {name: regs0[name] for name in sorted(owned) if name in regs0}
             attempt("restoring registers", lambda: set_registers(target, wanted))
@@ -472,6 +503,29 @@ class StubRunner:
         return problems
 
 
+def _restore_paging_entries(target: Target, paging: Sequence[Tuple[int, int, bool]],
+                            attempt: Callable[[str, Callable[[], None]], bool]) -> None:
+    """Put back Accessed/Dirty bits the stub's own accesses set in the paging entries that
+    map the scratch area.  Only entries that had a bit clear can have changed, so usually
+    nothing is read at all.  The page's contents are restored too, so "not accessed, not
+    dirty" is the truth again; a TLB may still cache the translation, which only means the
+    CPU will not set the bits again for accesses through that cached entry."""
+    for where, value, leaf in paging:
+        watch = 0x20 | (0x40 if leaf else 0)
+        if value & watch == watch:
+            continue
+
+        def put_back(where: int = where, value: int = value) -> None:
+            now = struct.unpack("<Q", target.read_phys(where, 8))[0]
+            if now == value:
+                return
+            if (now ^ value) & ~0x60:
+                raise RestoreError("paging entry at 0x%x changed beyond its Accessed/Dirty bits "
+                                   "(0x%x -> 0x%x); left alone" % (where, value, now))
+            target.write_phys(where, struct.pack("<Q", value))
+        attempt("restoring Accessed/Dirty bits at 0x%x" % where, put_back)
+
+
 @dataclass
 class _RunState:
     """How far a run got (what the restore has to undo)."""
@@ -480,9 +534,19 @@ class _RunState:
     tail_written: bool = False
     registers_changed: bool = False
     stub_finished: bool = False
+    resumed: bool = False
     erase_ready: bool = False
     breakpoint: Optional[Breakpoint] = None
     notes: List[str] = field(default_factory=list)
+
+
+def _input(value: object, data_va: int) -> int:
+    """A program input: an int, or ``@data`` / ``@data+N`` (the data area's address)."""
+    if isinstance(value, str):
+        if not value.startswith("@data"):
+            raise ValueError("unknown program input %r" % value)
+        return data_va + (int(value[5:], 0) if value[5:] else 0)
+    return int(value)  # type: ignore[call-overload]
 
 
 def _uniform(data: bytes) -> bool:
@@ -661,7 +725,7 @@ def live_read(target: Target, scratch: Scratch, assume_root: bool = False, encod
         top = highest_index(target)
         program = stub.enum_program(top)
         out = runner.run(program)
-        statuses = stub.decode_enum(out.data, top)
+        _saved, statuses = stub.decode_enum(out.data, top)
         revision = known_msr(target, stub.MSR_VMX_BASIC)
         pointer = pre.vmcs_pointer
         warnings.extend(out.notes)
@@ -678,6 +742,9 @@ def live_read(target: Target, scratch: Scratch, assume_root: bool = False, encod
             raise LiveError("no VMCS is current on this CPU (VMPTRST returned all ones): nothing to read")
         revision = result.results[1].value & 0x7FFFFFFF if result.results[1].status == stub.OK else None
         statuses = {r.entry.enc: (r.status, r.value) for r in result.results[2:]}
+        if statuses.get(stub.ERROR_FIELD, ("", 0))[0] == stub.OK:
+            # failed reads before it changed the field until the stub put it back
+            statuses[stub.ERROR_FIELD] = (stub.OK, result.saved_error)
         skipped = [e for e, (s, _) in statuses.items() if s == stub.SKIPPED]
         if skipped:
             warnings.append("%d fields not read: this CPU cannot VMWRITE VM_INSTRUCTION_ERROR back after a failed "

@@ -147,16 +147,38 @@ def _on_cpu(target: Target, cpu: int) -> Iterator[None]:
 
 
 @dataclass(frozen=True)
+class RegisterFrame:
+    """Where a C exit handler finds the guest's saved GPRs: a pointer in register
+    ``pointer`` (its first argument), ``slot`` bytes per register in ``order`` (a profile's
+    ``register_frame``).  Slots named ``rsp`` are skipped: handlers keep a copy of RBP or
+    garbage there; the guest's RSP is GUEST_RSP in the VMCS."""
+
+    pointer: str
+    order: Tuple[str, ...]
+    slot: int = 8
+
+    def decode(self, data: bytes) -> Dict[str, int]:
+        """The GPRs held in ``data`` (the frame's bytes)."""
+        out: Dict[str, int] = {}
+        for i, name in enumerate(self.order):
+            if name != "rsp" and name in _GPRS:
+                out[name] = int.from_bytes(data[i * self.slot:(i + 1) * self.slot], "little")
+        return out
+
+
+@dataclass(frozen=True)
 class Site:
     """A breakpoint address and what stopping there means.
 
     ``role``: ``"entry"`` (HOST_RIP / the asm entry stub: guest GPRs are live),
-    ``"handler"`` (a C handler, e.g. a per-reason function: GPRs are the handler's) or
-    ``"resume"`` (where the handler resumes the guest: the end of the exit)."""
+    ``"handler"`` (a C handler, e.g. a per-reason function: GPRs are the handler's, unless
+    ``frame`` says where the saved guest GPRs are) or ``"resume"`` (where the handler
+    resumes the guest: the end of the exit)."""
 
     address: int
     role: str = "entry"
     label: str = ""
+    frame: Optional[RegisterFrame] = None
 
     @property
     def guest_gprs(self) -> bool:
@@ -190,6 +212,7 @@ class BreakpointSource(ExitSource):
         self.skip_magic = skip_magic
         self._handles: List[Breakpoint] = []
         self._hit: Optional[Tuple[Site, int]] = None
+        self._by_name = {site.name(): site for site in self.sites}
         self.description = "breakpoints at " + ", ".join("%s (%s)" % (s.name(), s.role) for s in self.sites)
 
     def _callback(self, site: Site) -> Callable[[int], bool]:
@@ -237,13 +260,23 @@ class BreakpointSource(ExitSource):
 
     def snapshot(self, stop: Stop, gprs: bool) -> Snapshot:
         """One ``read_phys`` of the CPU's VMCS page and, when asked and meaningful, one
-        ``registers()``."""
+        ``registers()`` -- plus one ``read_virt`` of the register frame at a C handler
+        whose frame the profile describes."""
         pa = self.vmcs.get(stop.cpu)
         if pa is None:
             raise TargetError("no VMCS address known for CPU %d (give --vmcs %d=PA)" % (stop.cpu, stop.cpu))
+        site = self._by_name.get(stop.site or "")
+        regs: Optional[Dict[str, int]] = None
         with _on_cpu(self.target, stop.cpu):
             page = read_exact(self.target, pa, REGION_SIZE)
-            regs = guest_gprs(self.target.registers()) if gprs and stop.guest_gprs else None
+            if gprs and stop.guest_gprs:
+                regs = guest_gprs(self.target.registers())
+            elif gprs and site is not None and site.frame is not None:
+                frame = site.frame
+                pointer = self.target.registers().get(frame.pointer)
+                if pointer is None:
+                    raise TargetError("no %s at %s to find the register frame with" % (frame.pointer, site.name()))
+                regs = frame.decode(self.target.read_virt(pointer, frame.slot * len(frame.order)))
         return Snapshot(pa, page, regs)
 
     def disarm(self) -> List[str]:
@@ -460,9 +493,12 @@ class TraceLog:
             raise VtdbgError("the trace log %s is closed" % self.path)
         data = (json.dumps(obj, sort_keys=False, separators=(",", ":")) + "\n").encode("utf-8")
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            raise VtdbgError("cannot write the trace log %s: %s" % (self.path, exc.strerror or exc)) from None
 
     def close(self, footer: Optional[Dict[str, Any]] = None) -> None:
         """Write the footer (if given) and close; idempotent."""
@@ -611,6 +647,27 @@ class Tracer:
         found = match_events(self.events, record)
         return bool(found), found
 
+    def _drain(self, pending: Dict[int, ExitRecord], started: float, emit: RecordHook,
+               timeout: Optional[float]) -> None:
+        """After the last wanted exit: run on to the resume sites of the exits still
+        waiting for their handler time, and stop at anything else (an exit beyond the
+        count is not recorded)."""
+        while pending:
+            stop = self.source.next_stop(timeout)
+            if stop.kind != "resume":
+                return
+            record = pending.pop(stop.cpu, None)
+            if record is not None:
+                self._handler_time(record, stop, started)
+                emit(record)
+
+    @staticmethod
+    def _handler_time(record: ExitRecord, stop: Stop, started: float) -> None:
+        if stop.ticks is not None and record.ticks is not None:
+            record.handler_ticks = stop.ticks - record.ticks
+        if record.time is not None:
+            record.handler_seconds = round(max(stop.time - started - record.time, 0.0), 6)
+
     def run(self, limits: TraceLimits) -> TraceOutcome:
         """Trace; returns the outcome, or re-raises the first error after cleaning up."""
         started = self.clock()
@@ -628,6 +685,7 @@ class Tracer:
             while True:
                 if limits.count is not None and len(outcome.records) >= limits.count:
                     outcome.end = "count"
+                    self._drain(pending, started, emit, limits.timeout)
                     break
                 elapsed = self.clock() - started
                 if limits.seconds is not None and elapsed >= limits.seconds:
@@ -647,10 +705,7 @@ class Tracer:
                 if stop.kind == "resume":
                     record = pending.pop(stop.cpu, None)
                     if record is not None:
-                        if stop.ticks is not None and record.ticks is not None:
-                            record.handler_ticks = stop.ticks - record.ticks
-                        if record.time is not None:
-                            record.handler_seconds = round(stop.time - started - record.time, 6)
+                        self._handler_time(record, stop, started)
                         emit(record)
                     continue
                 outcome.seen += 1

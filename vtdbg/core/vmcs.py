@@ -183,6 +183,12 @@ def read_vmcs(target: Target, pa: int, layout_name: str = "auto") -> Vmcs:
     if pa & 0xFFF:
         raise UsageError("0x%x is not 4 KiB aligned; VMCS regions are page aligned (SDM 25.2)" % pa)
     page = read_exact(target, pa, REGION_SIZE)
+    if layout_name.lower() == "auto":
+        # a backend that knows its implementation (Bochs reports its version, and 2.7 and
+        # 2.8 share revision 0x2B with different layouts) names the layout to use
+        preferred = getattr(target, "preferred_layout", None)
+        if isinstance(preferred, str) and header_of(page)["revision_id"] in get_layout(preferred).revision_ids:
+            layout_name = preferred
     live = target.has(Capability.LIVE)
     note = "%s memory (live)" % target.kind if live else "memory image"
     vmcs = decode_vmcs_page(page, layout_name, address=pa, source_note=note)

@@ -145,14 +145,16 @@ ENUM_RECORD = 9
 
 
 def _enum_code() -> Tuple[bytes, int, int]:
-    """RDX = first encoding (0), RDI = output, RSI = 0x4400, R8B = 2 * (highest index + 1).
+    """RBX = a slot for the saved error, RDI = records (after the slot), RDX = first
+    encoding (0), RSI = 0x4400, R8B = 2 * (highest index + 1).
 
     For each of the 16 groups and each index below the limit: VMREAD [rdi], rdx; LAHF;
-    store AH after the value.  The error field is saved first (in RBX) and written back
-    last -- unconditionally, which is a no-op when nothing failed.
+    store AH after the value.  The error field is saved first (at [rbx]) and written back
+    last -- unconditionally, which is a no-op when nothing failed.  RCX, R9 and AL are never
+    written, so the erase tail's inputs can be set together with the stub's.
     """
     a = Asm()
-    a.emit("0f78f3")            # vmread rbx, rsi        ; the VM-instruction error before we start
+    a.emit("0f7833")            # vmread [rbx], rsi      ; VM_INSTRUCTION_ERROR before we start
     a.label("next")
     a.emit("0f7817")            # vmread [rdi], rdx
     a.emit("9f")                # lahf
@@ -167,7 +169,7 @@ def _enum_code() -> Tuple[bytes, int, int]:
     a.emit("80e6ef")            # and dh, 0xef           ;   then clear it again
     a.emit("80fe80")            # cmp dh, 0x80
     a.jump("72", "next")        # jb next
-    a.emit("0f79f3")            # vmwrite rsi, rbx       ; put VM_INSTRUCTION_ERROR back
+    a.emit("0f7933")            # vmwrite rsi, [rbx]     ; put VM_INSTRUCTION_ERROR back
     a.emit("6687db")            # xchg bx, bx
     a.label("stop")
     a.emit("ebfe")              # jmp $
@@ -189,26 +191,37 @@ def enum_encodings(highest_index: int) -> List[int]:
     return [group | (index << 1) for group in GROUPS for index in range(highest_index + 1)]
 
 
+#: the compact reader's data area: the saved error (8 bytes), then the records
+ENUM_SLOT = 8
+
+
 def enum_program(highest_index: int) -> Program:
     """The compact reader for indices 0..``highest_index`` of every group."""
     count = len(GROUPS) * (highest_index + 1)
     return Program(
         name="vmread-enum", code=ENUM_CODE, entry=_ENUM_ENTRY, stop=ENUM_STOP,
-        inputs={"rdx": 0, "rsi": 0x4400, "rdi": "@data", "r8": enum_limit(highest_index)},
-        clobbers=("rbx", "rdx", "rsi", "rdi", "r8", "rax"),  # LAHF writes AH
-        data_in=b"", data_size=count * ENUM_RECORD, meta={"highest_index": highest_index},
+        inputs={"rbx": "@data", "rdi": "@data+8", "rdx": 0, "rsi": ERROR_FIELD, "r8": enum_limit(highest_index)},
+        clobbers=("rdx", "rdi", "rax"),  # LAHF writes AH
+        data_in=b"", data_size=ENUM_SLOT + count * ENUM_RECORD, meta={"highest_index": highest_index},
         keeps=("rcx", "r9", "al"))
 
 
-def decode_enum(data: bytes, highest_index: int) -> Dict[int, Tuple[str, int]]:
-    """encoding -> (status, value) from the compact reader's output."""
+def decode_enum(data: bytes, highest_index: int) -> Tuple[int, Dict[int, Tuple[str, int]]]:
+    """(the saved VM_INSTRUCTION_ERROR, encoding -> (status, value)) from the compact reader.
+
+    The error field is reported as it was before the run: reads of unsupported encodings
+    change it until the stub writes it back at the end."""
+    saved = int.from_bytes(data[:ENUM_SLOT], "little") & 0xFFFFFFFF
     out: Dict[int, Tuple[str, int]] = {}
     for number, encoding in enumerate(enum_encodings(highest_index)):
-        record = data[number * ENUM_RECORD:(number + 1) * ENUM_RECORD]
+        at = ENUM_SLOT + number * ENUM_RECORD
+        record = data[at:at + ENUM_RECORD]
         if len(record) < ENUM_RECORD:
             break
         out[encoding] = (status_from_ah(record[8]), int.from_bytes(record[:8], "little"))
-    return out
+    if out.get(ERROR_FIELD, ("", 0))[0] == OK:
+        out[ERROR_FIELD] = (OK, saved)
+    return saved, out
 
 
 # -- the list interpreter ----------------------------------------------------------------------

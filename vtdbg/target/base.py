@@ -175,6 +175,12 @@ class Target:
         """``module!symbol+disp`` naming ``address``, or None when no module covers it."""
         raise CapabilityError("%s target has no symbols" % self.kind)
 
+    # -- VMX state the backend can see directly --------------------------------------------
+    def vmx_state(self) -> Dict[str, object]:
+        """What the backend itself knows of the current CPU's VMX state (Bochs: vmcsptr,
+        vmxonptr, in_vmx, in_vmx_guest); CapabilityError where it knows nothing."""
+        raise CapabilityError("%s target cannot report VMX state directly" % self.kind)
+
     # -- execution control ----------------------------------------------------------------
     def break_at(self, address: int, on_hit: Callable[[int], bool]) -> Breakpoint:
         """Set a breakpoint; ``on_hit(cpu)`` returns True to stop there."""

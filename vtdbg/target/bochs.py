@@ -10,15 +10,15 @@ is one *transaction* (``transactions`` counts them):
 call                   command line                                                lines
 =====================  ==========================================================  ======
 read_phys(pa, n)       ``xp /Ngx pa`` (requests above 4 MiB are split)              1
-read_virt (current)    ``x /Ngx va`` (Bochs translates through its own CR3)         1
-write_phys             ``setpmem`` 4/2/1 bytes per command, ~16 commands per line   n/64
+read_virt (current)    ``page`` per page spanned, then ``xp`` per physical run      2
+write_phys             ``setpmem`` 4/2/1 bytes per command, 16-20 per line          ~n/70
 registers()            ``r; creg; sreg; show FS.base; show GS.base`` (cached/stop)  1
 set_register           ``set reg = value``                                          1
 vmx_state()            ``show "cpuN.VMX"``                                          1
 resume / step          ``c`` / ``s``                                                1+
 read_msr (param tree)  ``show "cpuN.MSR.name"``                                     1
 read_msrs (VMX caps)   injected RDMSR session (:mod:`~vtdbg.target.bochs_inject`)   ~12/all
-maxphyaddr()           injected CPUID session (cached)                              ~9
+maxphyaddr()           injected CPUID session (cached)                              8-9
 =====================  ==========================================================  ======
 
 Bochs keeps the VMCS in guest memory, so a memory decode is exact except for the guest
@@ -215,17 +215,35 @@ class BochsTarget(Target):
         return bp.dump_bytes(values)[:size]
 
     def read_virt(self, va: int, size: int, cr3: Optional[int] = None) -> bytes:
-        """Linear memory: through Bochs's own translation (``x``, any paging mode) for the
-        current CR3, by walking the 4-level tables with physical reads for another one."""
+        """Linear memory through the current CPU's translation (any paging mode): one line
+        of ``page`` commands for the pages spanned, then ``xp`` per physically contiguous
+        run.  Bochs's own ``x`` would be one line less, but it reads whatever physical
+        address a page table names, and some addresses crash Bochs 2.7; ``xp`` goes through
+        the range check.  With an explicit ``cr3`` the 4-level tables are walked instead."""
         if cr3 is not None:
             return super().read_virt(va, size, cr3)
         if size == 0:
             return b""
-        out = bytearray()
-        while len(out) < size:
-            chunk = min(size - len(out), MAX_READ_PER_COMMAND)
-            out += self._dump("x", va + len(out), chunk)
-        return bytes(out)
+        if va < 0 or size < 0:
+            raise MemoryReadError(va, size, "negative address or size")
+        first, last = va & ~0xFFF, (va + size - 1) & ~0xFFF
+        pages = list(range(first, last + 0x1000, 0x1000))
+        mapping: Dict[int, Optional[int]] = {}
+        for line in pack_lines([["page 0x%x" % page] for page in pages]):
+            mapping.update(bp.parse_pages(self.command(line)))
+        runs: List[Tuple[int, int]] = []  # (physical start, length)
+        for page in pages:
+            physical = mapping.get(page)
+            if physical is None:
+                raise MemoryReadError(va, size, "linear 0x%x is not mapped" % page)
+            start = max(va, page)
+            length = min(va + size, page + 0x1000) - start
+            pa = physical + (start - page)
+            if runs and runs[-1][0] + runs[-1][1] == pa:
+                runs[-1] = (runs[-1][0], runs[-1][1] + length)
+            else:
+                runs.append((pa, length))
+        return b"".join(self.read_phys(pa, length) for pa, length in runs)
 
     def write_phys(self, pa: int, data: bytes) -> None:
         """Write with ``setpmem`` (4, 2 or 1 bytes per command, many commands per line)."""

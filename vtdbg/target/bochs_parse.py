@@ -348,6 +348,21 @@ def parse_page(text: str, linear: int) -> Optional[int]:
     return int(match.group(2), 16) | (linear & 0xFFF)
 
 
+_PAGE_ANY = re.compile(r"linear page 0x([0-9a-fA-F]+) maps to physical page 0x([0-9a-fA-F]+)"
+                       r"|physical address not available for linear 0x([0-9a-fA-F]+)")
+
+
+def parse_pages(text: str) -> Dict[int, Optional[int]]:
+    """Answers of several ``page`` commands: linear page -> physical page (None: unmapped)."""
+    found: Dict[int, Optional[int]] = {}
+    for linear, physical, missing in _PAGE_ANY.findall(text):
+        if missing:
+            found[int(missing, 16) & ~0xFFF] = None
+        else:
+            found[int(linear, 16)] = int(physical, 16)
+    return found
+
+
 def startup_cpus(text: str) -> int:
     """Number of CPUs listed in the first stop report (Bochs prints one line per CPU)."""
     _console, report, _rest = split_stop(text)

@@ -186,6 +186,16 @@ class RecordingTarget(Target):
         self.counts["select_cpu"] += 1
         self._write({"seq": self.seq, "cpu": cpu, "op": "select_cpu", "args": {"cpu": previous}, "result": None})
 
+    def vmx_state(self) -> Dict[str, object]:
+        """Forwarded and recorded."""
+        return dict(self._call("vmx_state", {}, self.inner.vmx_state))
+
+    @property
+    def preferred_layout(self) -> Optional[str]:
+        """The wrapped backend's layout hint (not a transaction: known at attach)."""
+        value = getattr(self.inner, "preferred_layout", None)
+        return value if isinstance(value, str) else None
+
     def break_at(self, address: int, on_hit: Callable[[int], bool]) -> Breakpoint:
         """Forwarded; the removal is recorded too."""
         handle = self._call("break_at", {"address": address}, lambda: self.inner.break_at(address, on_hit))

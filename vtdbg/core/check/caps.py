@@ -16,13 +16,13 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from vtdbg.arch import controls
 from vtdbg.arch._data import as_int
 from vtdbg.arch.bitfields import layout
 from vtdbg.arch.errors import UnknownNameError
-from vtdbg.arch.msrs import all_msrs, lookup_msr, msr_by_index
+from vtdbg.arch.msrs import lookup_msr, msr_by_index
 from vtdbg.core.check.context import Unknown
 from vtdbg.core.check.facts import ctl_mask, reg_get
 from vtdbg.core.check.rules import table
@@ -280,8 +280,12 @@ class Caps:
 
     def mask(self, key: str) -> int:
         """A valid-bits mask from the processor facts (``efer_valid_mask`` ...); the default
-        ``layout:NAME`` means every bit the arch layout NAME defines."""
+        ``layout:NAME`` means every bit the arch layout NAME defines; a mask the table leaves
+        open (model-specific) is :class:`Unknown` unless the caps state it."""
         value = self.default(key)
+        if value is None:
+            raise Unknown("environment", key, "the valid bits are model-specific; give %s in the caps \"processor\" "
+                                              "object" % key)
         if isinstance(value, str) and value.startswith("layout:"):
             return layout(value.split(":", 1)[1]).defined_mask()
         return as_int(value)
@@ -315,11 +319,6 @@ def _msr_key(text: str) -> Optional[int]:
         return lookup_msr(raw).index
     except (KeyError, UnknownNameError):
         return None
-
-
-def known_msr_indices() -> List[int]:
-    """Every VMX capability MSR the arch table knows (for savers and tests)."""
-    return [m.index for m in all_msrs()]
 
 
 def load_caps(spec: Union[str, Mapping[str, Any], None], cpu: Optional[int] = None) -> Caps:

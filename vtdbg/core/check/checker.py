@@ -12,6 +12,7 @@ from typing import Optional
 from vtdbg.core.check.caps import Caps
 from vtdbg.core.check.context import Ctx, Environment
 from vtdbg.core.check.engine import Report, evaluate
+from vtdbg.core.check.facts import reg_get
 from vtdbg.core.check.memory import Memory, TargetMemory
 from vtdbg.core.vmcs import Vmcs
 from vtdbg.target.base import Capability, Target
@@ -31,9 +32,13 @@ def environment_from_target(target: Target) -> Environment:
     if "cs" in regs:
         env.set("cpl", regs["cs"] & 3, source)
     if "efer" in regs:
-        from vtdbg.core.check.facts import reg_get
-
-        env.set("host_ia32e", bool(reg_get("efer", "lma", regs["efer"])), source)
+        lma = bool(reg_get("efer", "lma", regs["efer"]))
+        env.set("host_ia32e", lma, source)
+        if lma and "cs_ar" in regs:
+            # IA-32e mode with CS.L = 0 is compatibility mode, where VMLAUNCH is #UD
+            env.set("cpu_mode", "64-bit" if reg_get("segment_ar", "l", regs["cs_ar"]) else "compatibility", source)
+    if "rflags" in regs and reg_get("rflags", "vm", regs["rflags"]):
+        env.set("cpu_mode", "virtual-8086", source)
     return env
 
 

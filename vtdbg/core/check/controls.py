@@ -4,7 +4,7 @@ Any failure here makes VMLAUNCH/VMRESUME fail with VMfailValid, VM-instruction e
 """
 from __future__ import annotations
 
-from typing import Iterator, List
+from typing import Iterator, Tuple
 
 from vtdbg.arch import controls as arch_controls
 from vtdbg.core.check.context import Ctx
@@ -566,13 +566,38 @@ def _entry_load(ctx: Ctx) -> Iterator[Finding]:
     return msr_area(ctx, "VM_ENTRY_MSR_LOAD_COUNT", "VM_ENTRY_MSR_LOAD_ADDR")
 
 
-def control_groups_in_use(ctx: Ctx) -> List[str]:
-    """Control groups whose fields take part in this VM entry (inactive ones excluded)."""
-    out = []
-    for name, grp in arch_controls.groups().items():
-        if grp.enabled_by is not None:
-            parent, bit = grp.enabled_by
-            if not (ctx.controls(parent) >> bit) & 1:
-                continue
-        out.append(name)
-    return out
+# -- pages the controls point at, against the target's memory (advisory) -------------------------
+
+def _pointers(ctx: Ctx) -> Iterator[Tuple[str, int]]:
+    """(field, physical page) for every page the active controls make the CPU use."""
+    if ctx.on("proc", "USE_IO_BITMAPS"):
+        yield "IO_BITMAP_A", ctx.f("IO_BITMAP_A")
+        yield "IO_BITMAP_B", ctx.f("IO_BITMAP_B")
+    if ctx.on("proc", "USE_MSR_BITMAPS"):
+        yield "MSR_BITMAP", ctx.f("MSR_BITMAP")
+    if ctx.on("proc", "TPR_SHADOW"):
+        yield "VIRTUAL_APIC_PAGE_ADDR", ctx.f("VIRTUAL_APIC_PAGE_ADDR")
+    if ctx.on("proc2", "ENABLE_EPT"):
+        yield "EPT_POINTER", reg("eptp", "pml4_pa").mask & ctx.f("EPT_POINTER")
+    if ctx.on("proc2", "ENABLE_PML"):
+        yield "PML_ADDRESS", ctx.f("PML_ADDRESS")
+    if ctx.on("proc2", "SHADOW_VMCS"):
+        yield "VMREAD_BITMAP", ctx.f("VMREAD_BITMAP")
+        yield "VMWRITE_BITMAP", ctx.f("VMWRITE_BITMAP")
+    if ctx.on("pin", "POSTED_INTR"):
+        yield "POSTED_INTR_DESC_ADDR", ctx.f("POSTED_INTR_DESC_ADDR")
+    for count, addr in (("VM_EXIT_MSR_STORE_COUNT", "VM_EXIT_MSR_STORE_ADDR"),
+                        ("VM_EXIT_MSR_LOAD_COUNT", "VM_EXIT_MSR_LOAD_ADDR"),
+                        ("VM_ENTRY_MSR_LOAD_COUNT", "VM_ENTRY_MSR_LOAD_ADDR")):
+        if ctx.f(count):
+            yield addr, ctx.f(addr)
+
+
+@predicate("ADV-POINTER-OUTSIDE-MEMORY")
+def _outside_memory(ctx: Ctx) -> Iterator[Finding]:
+    for field, address in _pointers(ctx):
+        if not ctx.pa_ok(address):
+            continue  # the address rules report it
+        if ctx.memory.present(address) is False:
+            yield Finding(field, address, "points at physical page 0x%x, which %s does not have (a virtual address, "
+                          "or memory freed since?)" % (address & ~0xFFF, ctx.memory.description))

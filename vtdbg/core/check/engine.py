@@ -193,7 +193,7 @@ def evaluate(ctx: Ctx) -> Report:
             raise RuntimeError("rule %s has no predicate" % rule.id)
         found: List[Finding] = []
         try:
-            for finding in func(ctx):
+            for finding in func(ctx):  # one by one: findings made before an Unknown still count
                 found.append(finding)
         except Unknown as missing:
             not_checked.append(NotChecked(rule, missing, partial=bool(found)))

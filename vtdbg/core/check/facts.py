@@ -8,7 +8,6 @@ field from :mod:`vtdbg.arch.fields`, a register or information-field bit from th
 from __future__ import annotations
 
 import functools
-from typing import Tuple
 
 from vtdbg.arch import controls
 from vtdbg.arch.bitfields import BitField, layout
@@ -84,15 +83,3 @@ def bits_between(layout_name: str, low_field: str, high_field: str) -> int:
 def hexs(value: int) -> str:
     """Hex for messages."""
     return "0x%x" % value
-
-
-def bit_list(mask: int) -> Tuple[int, ...]:
-    """Positions of the set bits of ``mask``, lowest first."""
-    out = []
-    position = 0
-    while mask:
-        if mask & 1:
-            out.append(position)
-        mask >>= 1
-        position += 1
-    return tuple(out)

@@ -11,14 +11,7 @@ from typing import Iterator, List, Tuple
 from vtdbg.core.check.context import Ctx, Seg, Unknown, activity_state
 from vtdbg.core.check.engine import Finding, predicate
 from vtdbg.core.check.facts import MASK64, ctl_label, hexs, reg_get, reg_mask, reserved_mask
-from vtdbg.core.check.host import (
-    CR3_LAM_BITS,
-    S_CET_RESERVED,
-    S_CET_SUPPRESS_TRACKER,
-    bad_pat_bytes,
-    fixed_bits,
-    pat_ok,
-)
+from vtdbg.core.check.shared import canonical, cet_state, cr3_width, fixed_bits, loaded_pat, loaded_reserved
 
 DATA_SEGMENTS = ("DS", "ES", "FS", "GS")
 #: The segment registers the access-rights checks cover (LDTR and TR have their own rules).
@@ -54,7 +47,7 @@ BNDCFGS_BASE = ~0xFFF & MASK64
 @predicate("GUEST-CR0-FIXED")
 def _cr0(ctx: Ctx) -> Iterator[Finding]:
     exempt = reg_mask("cr0", "pe") | reg_mask("cr0", "pg") if ctx.urg() else 0
-    return fixed_bits(ctx, "cr0", "GUEST_CR0", "IA32_VMX_CR0", exempt)
+    return fixed_bits(ctx, "cr0", "GUEST_CR0", exempt)
 
 
 @predicate("GUEST-CR0-PG-WITHOUT-PE")
@@ -66,7 +59,7 @@ def _pg_pe(ctx: Ctx) -> Iterator[Finding]:
 
 @predicate("GUEST-CR4-FIXED")
 def _cr4(ctx: Ctx) -> Iterator[Finding]:
-    return fixed_bits(ctx, "cr4", "GUEST_CR4", "IA32_VMX_CR4")
+    return fixed_bits(ctx, "cr4", "GUEST_CR4")
 
 
 @predicate("GUEST-CR4-CET-WP")
@@ -78,12 +71,7 @@ def _cet_wp(ctx: Ctx) -> Iterator[Finding]:
 
 @predicate("GUEST-DEBUGCTL-RSVD")
 def _debugctl(ctx: Ctx) -> Iterator[Finding]:
-    if ctx.on("entry", "LOAD_DEBUG_CONTROLS"):
-        value = ctx.f("GUEST_IA32_DEBUGCTL")
-        extra = value & ~ctx.caps.mask("debugctl_valid_mask")
-        if extra:
-            yield Finding("GUEST_IA32_DEBUGCTL", value, "reserved bits %s must be 0 with %s (valid bits %s)" % (
-                hexs(extra), ctl_label("entry", "LOAD_DEBUG_CONTROLS"), hexs(ctx.caps.mask("debugctl_valid_mask"))))
+    return loaded_reserved(ctx, "entry", "LOAD_DEBUG_CONTROLS", "GUEST_IA32_DEBUGCTL", "debugctl_valid_mask")
 
 
 @predicate("GUEST-IA32E-PG-PAE")
@@ -109,11 +97,7 @@ def _pcide(ctx: Ctx) -> Iterator[Finding]:
 
 @predicate("GUEST-CR3-WIDTH")
 def _cr3(ctx: Ctx) -> Iterator[Finding]:
-    cr3 = ctx.f("GUEST_CR3")
-    address = cr3 & ~CR3_LAM_BITS if ctx.caps.default("lam") else cr3
-    if not ctx.pa_ok(address):
-        yield Finding("GUEST_CR3", cr3, "bits %d and above must be 0 (MAXPHYADDR %d)"
-                      % (ctx.caps.maxphyaddr, ctx.caps.maxphyaddr))
+    return cr3_width(ctx, "GUEST_CR3")
 
 
 @predicate("GUEST-DR7-HIGH")
@@ -124,49 +108,30 @@ def _dr7(ctx: Ctx) -> Iterator[Finding]:
             yield Finding("GUEST_DR7", dr7, "bits 63:32 must be 0 with %s" % ctl_label("entry", "LOAD_DEBUG_CONTROLS"))
 
 
-def _canonical(ctx: Ctx, field: str, why: str = "") -> Iterator[Finding]:
-    value = ctx.f(field)
-    if not ctx.canonical(value):
-        yield Finding(field, value, "must be canonical (bits 63:%d all equal)%s" % (ctx.caps.linear_bits - 1, why))
-
-
 @predicate("GUEST-SYSENTER-ESP-CANON")
 def _sysenter_esp(ctx: Ctx) -> Iterator[Finding]:
-    return _canonical(ctx, "GUEST_SYSENTER_ESP")
+    return canonical(ctx, "GUEST_SYSENTER_ESP")
 
 
 @predicate("GUEST-SYSENTER-EIP-CANON")
 def _sysenter_eip(ctx: Ctx) -> Iterator[Finding]:
-    return _canonical(ctx, "GUEST_SYSENTER_EIP")
+    return canonical(ctx, "GUEST_SYSENTER_EIP")
 
 
 @predicate("GUEST-PERF-GLOBAL-CTRL")
 def _perf(ctx: Ctx) -> Iterator[Finding]:
-    if ctx.on("entry", "LOAD_IA32_PERF_GLOBAL_CTRL"):
-        value = ctx.f("GUEST_IA32_PERF_GLOBAL_CTRL")
-        extra = value & ~ctx.caps.mask("perf_global_ctrl_valid_mask")
-        if extra:
-            yield Finding("GUEST_IA32_PERF_GLOBAL_CTRL", value, "reserved bits %s must be 0 (valid bits %s)"
-                          % (hexs(extra), hexs(ctx.caps.mask("perf_global_ctrl_valid_mask"))))
+    return loaded_reserved(ctx, "entry", "LOAD_IA32_PERF_GLOBAL_CTRL", "GUEST_IA32_PERF_GLOBAL_CTRL",
+                           "perf_global_ctrl_valid_mask")
 
 
 @predicate("GUEST-PAT")
 def _pat(ctx: Ctx) -> Iterator[Finding]:
-    if ctx.on("entry", "LOAD_IA32_PAT"):
-        value = ctx.f("GUEST_IA32_PAT")
-        if not pat_ok(value):
-            yield Finding("GUEST_IA32_PAT", value, "every byte must be a memory type 0, 1, 4, 5, 6 or 7 (bad: %s)"
-                          % bad_pat_bytes(value))
+    return loaded_pat(ctx, "entry", "GUEST_IA32_PAT")
 
 
 @predicate("GUEST-EFER-RESERVED")
 def _efer_reserved(ctx: Ctx) -> Iterator[Finding]:
-    if ctx.on("entry", "LOAD_IA32_EFER"):
-        value = ctx.f("GUEST_IA32_EFER")
-        extra = value & ~ctx.caps.mask("efer_valid_mask")
-        if extra:
-            yield Finding("GUEST_IA32_EFER", value, "reserved bits %s must be 0 (valid bits %s)"
-                          % (hexs(extra), hexs(ctx.caps.mask("efer_valid_mask"))))
+    return loaded_reserved(ctx, "entry", "LOAD_IA32_EFER", "GUEST_IA32_EFER", "efer_valid_mask")
 
 
 @predicate("GUEST-EFER-LMA")
@@ -202,51 +167,20 @@ def _bndcfgs_canon(ctx: Ctx) -> Iterator[Finding]:
             yield Finding("GUEST_BNDCFGS", value, "the bound-directory base (bits 63:12) must be canonical")
 
 
-def _valid_mask_rule(ctx: Ctx, control: str, field: str, key: str) -> Iterator[Finding]:
-    if not ctx.on("entry", control):
-        return
-    value = ctx.f(field)
-    mask = ctx.caps.default(key)
-    if mask is None:
-        raise Unknown("environment", key, "the valid bits of %s are model-specific; give %s in the caps "
-                                          "\"processor\" object" % (field, key))
-    extra = value & ~int(str(mask), 0) if isinstance(mask, str) else value & ~int(mask)
-    if extra:
-        yield Finding(field, value, "reserved bits %s must be 0 with %s" % (hexs(extra), ctl_label("entry", control)))
-
-
 @predicate("GUEST-RTIT-CTL")
 def _rtit(ctx: Ctx) -> Iterator[Finding]:
-    return _valid_mask_rule(ctx, "LOAD_IA32_RTIT_CTL", "GUEST_IA32_RTIT_CTL", "rtit_ctl_valid_mask")
+    return loaded_reserved(ctx, "entry", "LOAD_IA32_RTIT_CTL", "GUEST_IA32_RTIT_CTL", "rtit_ctl_valid_mask")
 
 
 @predicate("GUEST-LBR-CTL")
 def _lbr(ctx: Ctx) -> Iterator[Finding]:
-    return _valid_mask_rule(ctx, "LOAD_IA32_LBR_CTL", "GUEST_IA32_LBR_CTL", "lbr_ctl_valid_mask")
+    return loaded_reserved(ctx, "entry", "LOAD_IA32_LBR_CTL", "GUEST_IA32_LBR_CTL", "lbr_ctl_valid_mask")
 
 
 @predicate("GUEST-CET-STATE")
 def _cet(ctx: Ctx) -> Iterator[Finding]:
-    if not ctx.on("entry", "LOAD_CET_STATE"):
-        return
-    guest64 = ctx.ia32e_guest()
-
-    def address_ok(value: int) -> bool:
-        return ctx.canonical(value) if guest64 else value >> 32 == 0
-
-    s_cet = ctx.f("GUEST_S_CET")
-    if s_cet & S_CET_RESERVED:
-        yield Finding("GUEST_S_CET", s_cet, "reserved bits 9:6 must be 0")
-    if s_cet & S_CET_SUPPRESS_TRACKER == S_CET_SUPPRESS_TRACKER:
-        yield Finding("GUEST_S_CET", s_cet, "SUPPRESS (bit 10) and TRACKER (bit 11) must not both be 1")
-    if not address_ok(s_cet):
-        yield Finding("GUEST_S_CET", s_cet, "must be canonical (IA-32e guest) or have bits 63:32 = 0")
-    ssp = ctx.f("GUEST_SSP")
-    if ssp & 3 or not address_ok(ssp):
-        yield Finding("GUEST_SSP", ssp, "bits 1:0 must be 0 and the value canonical (IA-32e guest) or below 2^32")
-    table = ctx.f("GUEST_INTR_SSP_TABLE")
-    if not address_ok(table):
-        yield Finding("GUEST_INTR_SSP_TABLE", table, "must be canonical (IA-32e guest) or below 2^32")
+    if ctx.on("entry", "LOAD_CET_STATE"):
+        yield from cet_state(ctx, "GUEST_", ctx.ia32e_guest(), "IA-32e guest")
 
 
 @predicate("GUEST-PKRS")
@@ -327,13 +261,13 @@ def _v86_ar(ctx: Ctx) -> Iterator[Finding]:
 @predicate("GUEST-BASE-CANON-TR-FS-GS")
 def _base_canon(ctx: Ctx) -> Iterator[Finding]:
     for name in ("TR", "FS", "GS"):
-        yield from _canonical(ctx, "GUEST_%s_BASE" % name)
+        yield from canonical(ctx, "GUEST_%s_BASE" % name)
 
 
 @predicate("GUEST-LDTR-BASE-CANON")
 def _ldtr_canon(ctx: Ctx) -> Iterator[Finding]:
     if ctx.seg("LDTR").usable:
-        yield from _canonical(ctx, "GUEST_LDTR_BASE", " for a usable LDTR")
+        yield from canonical(ctx, "GUEST_LDTR_BASE", " for a usable LDTR")
 
 
 @predicate("GUEST-CS-BASE-HIGH")
@@ -594,7 +528,7 @@ def _ldtr_limit(ctx: Ctx) -> Iterator[Finding]:
 @predicate("GUEST-DTR-BASE-CANON")
 def _dtr_base(ctx: Ctx) -> Iterator[Finding]:
     for name in ("GUEST_GDTR_BASE", "GUEST_IDTR_BASE"):
-        yield from _canonical(ctx, name)
+        yield from canonical(ctx, name)
 
 
 @predicate("GUEST-DTR-LIMIT")
@@ -622,7 +556,7 @@ def _rip_high(ctx: Ctx) -> Iterator[Finding]:
 @predicate("GUEST-RIP-CANON")
 def _rip_canon(ctx: Ctx) -> Iterator[Finding]:
     if _long_mode_cs(ctx):
-        yield from _canonical(ctx, "GUEST_RIP", " for a 64-bit guest")
+        yield from canonical(ctx, "GUEST_RIP", " for a 64-bit guest")
 
 
 #: RFLAGS bit 1 is reserved as 1; the other undefined bits (3, 5, 15, 63:22) must be 0.

@@ -10,57 +10,24 @@ from typing import Iterator
 
 from vtdbg.core.check.context import Ctx
 from vtdbg.core.check.engine import Finding, predicate
-from vtdbg.core.check.facts import ctl_label, hexs, reg, reg_get
+from vtdbg.core.check.facts import ctl_label, reg_get
+from vtdbg.core.check.shared import canonical, cet_state, cr3_width, fixed_bits, loaded_pat, loaded_reserved
 
-#: IA32_S_CET: bits 9:6 are reserved; SUPPRESS (bit 10) and TRACKER (bit 11) must not both be 1.
-S_CET_RESERVED = 0x3C0
-S_CET_SUPPRESS_TRACKER = 0xC00
-#: CR3 bits 62:61 are the LAM enables on processors with LAM (not address bits).
-CR3_LAM_BITS = 0x6000000000000000
 #: Linear-address widths for the HOST_RIP check: 4-level and 5-level paging.
 LINEAR_BITS_4LEVEL = 48
 LINEAR_BITS_5LEVEL = 57
-
-
-def fixed_bits(ctx: Ctx, register: str, field: str, fixed_names: str, exempt: int = 0) -> Iterator[Finding]:
-    """A control-register field against IA32_VMX_<REG>_FIXED0/1; bits in ``exempt`` need not
-    follow FIXED0 (PE and PG of an unrestricted guest)."""
-    value = ctx.f(field)
-    fixed0, fixed1 = ctx.caps.fixed(register)
-    fixed0 &= ~exempt
-    missing = fixed0 & ~value
-    extra = value & ~fixed1
-    if missing:
-        yield Finding(field, value, "bits %s must be 1 per %s_FIXED0 (%s)" % (hexs(missing), fixed_names, hexs(fixed0)),
-                      detail={"bits": missing, "requirement": "must_be_one"})
-    if extra:
-        yield Finding(field, value, "bits %s must be 0 per %s_FIXED1 (%s)" % (hexs(extra), fixed_names, hexs(fixed1)),
-                      detail={"bits": extra, "requirement": "must_be_zero"})
-
-
-def pat_ok(value: int) -> bool:
-    """Every byte of a PAT value is a defined memory type (0, 1, 4, 5, 6, 7)."""
-    types = set(reg("pat", "pa0").values)
-    return all(((value >> (8 * i)) & 0xFF) in types for i in range(8))
-
-
-def bad_pat_bytes(value: int) -> str:
-    """Which PAT entries hold undefined types, for messages."""
-    types = set(reg("pat", "pa0").values)
-    bad = ["PA%d=0x%x" % (i, (value >> (8 * i)) & 0xFF) for i in range(8) if ((value >> (8 * i)) & 0xFF) not in types]
-    return ", ".join(bad)
 
 
 # -- 26.2.2 host control registers and MSRs ------------------------------------------------------
 
 @predicate("HOST-CR0-FIXED")
 def _cr0(ctx: Ctx) -> Iterator[Finding]:
-    return fixed_bits(ctx, "cr0", "HOST_CR0", "IA32_VMX_CR0")
+    return fixed_bits(ctx, "cr0", "HOST_CR0")
 
 
 @predicate("HOST-CR4-FIXED")
 def _cr4(ctx: Ctx) -> Iterator[Finding]:
-    return fixed_bits(ctx, "cr4", "HOST_CR4", "IA32_VMX_CR4")
+    return fixed_bits(ctx, "cr4", "HOST_CR4")
 
 
 @predicate("HOST-CR4-CET-WP")
@@ -72,56 +39,33 @@ def _cet_wp(ctx: Ctx) -> Iterator[Finding]:
 
 @predicate("HOST-CR3-WIDTH")
 def _cr3(ctx: Ctx) -> Iterator[Finding]:
-    cr3 = ctx.f("HOST_CR3")
-    address = cr3 & ~CR3_LAM_BITS if ctx.caps.default("lam") else cr3
-    if not ctx.pa_ok(address):
-        yield Finding("HOST_CR3", cr3, "bits %d and above must be 0 (MAXPHYADDR %d)" % (ctx.caps.maxphyaddr,
-                                                                                   ctx.caps.maxphyaddr))
-
-
-def _canonical(ctx: Ctx, field: str) -> Iterator[Finding]:
-    value = ctx.f(field)
-    if not ctx.canonical(value):
-        yield Finding(field, value, "must be canonical (bits 63:%d all equal)" % (ctx.caps.linear_bits - 1))
+    return cr3_width(ctx, "HOST_CR3")
 
 
 @predicate("HOST-SYSENTER-ESP-CANON")
 def _sysenter_esp(ctx: Ctx) -> Iterator[Finding]:
-    return _canonical(ctx, "HOST_IA32_SYSENTER_ESP")
+    return canonical(ctx, "HOST_IA32_SYSENTER_ESP")
 
 
 @predicate("HOST-SYSENTER-EIP-CANON")
 def _sysenter_eip(ctx: Ctx) -> Iterator[Finding]:
-    return _canonical(ctx, "HOST_IA32_SYSENTER_EIP")
+    return canonical(ctx, "HOST_IA32_SYSENTER_EIP")
 
 
 @predicate("HOST-PERF-GLOBAL-CTRL")
 def _perf(ctx: Ctx) -> Iterator[Finding]:
-    if ctx.on("exit", "LOAD_IA32_PERF_GLOBAL_CTRL"):
-        value = ctx.f("HOST_IA32_PERF_GLOBAL_CTRL")
-        extra = value & ~ctx.caps.mask("perf_global_ctrl_valid_mask")
-        if extra:
-            yield Finding("HOST_IA32_PERF_GLOBAL_CTRL", value, "reserved bits %s must be 0 (valid bits %s)"
-                          % (hexs(extra), hexs(ctx.caps.mask("perf_global_ctrl_valid_mask"))))
+    return loaded_reserved(ctx, "exit", "LOAD_IA32_PERF_GLOBAL_CTRL", "HOST_IA32_PERF_GLOBAL_CTRL",
+                           "perf_global_ctrl_valid_mask")
 
 
 @predicate("HOST-PAT")
 def _pat(ctx: Ctx) -> Iterator[Finding]:
-    if ctx.on("exit", "LOAD_IA32_PAT"):
-        value = ctx.f("HOST_IA32_PAT")
-        if not pat_ok(value):
-            yield Finding("HOST_IA32_PAT", value, "every byte must be a memory type 0, 1, 4, 5, 6 or 7 (bad: %s)"
-                          % bad_pat_bytes(value))
+    return loaded_pat(ctx, "exit", "HOST_IA32_PAT")
 
 
 @predicate("HOST-EFER-RESERVED")
 def _efer_reserved(ctx: Ctx) -> Iterator[Finding]:
-    if ctx.on("exit", "LOAD_IA32_EFER"):
-        value = ctx.f("HOST_IA32_EFER")
-        extra = value & ~ctx.caps.mask("efer_valid_mask")
-        if extra:
-            yield Finding("HOST_IA32_EFER", value, "reserved bits %s must be 0 (valid bits %s)"
-                          % (hexs(extra), hexs(ctx.caps.mask("efer_valid_mask"))))
+    return loaded_reserved(ctx, "exit", "LOAD_IA32_EFER", "HOST_IA32_EFER", "efer_valid_mask")
 
 
 @predicate("HOST-EFER-LMA-LME")
@@ -138,26 +82,8 @@ def _efer_lma(ctx: Ctx) -> Iterator[Finding]:
 
 @predicate("HOST-CET-STATE")
 def _cet(ctx: Ctx) -> Iterator[Finding]:
-    if not ctx.on("exit", "LOAD_CET_STATE"):
-        return
-    host64 = ctx.host64()
-
-    def address_ok(value: int) -> bool:
-        return ctx.canonical(value) if host64 else value >> 32 == 0
-
-    s_cet = ctx.f("HOST_S_CET")
-    if s_cet & S_CET_RESERVED:
-        yield Finding("HOST_S_CET", s_cet, "reserved bits 9:6 must be 0")
-    if s_cet & S_CET_SUPPRESS_TRACKER == S_CET_SUPPRESS_TRACKER:
-        yield Finding("HOST_S_CET", s_cet, "SUPPRESS (bit 10) and TRACKER (bit 11) must not both be 1")
-    if not address_ok(s_cet):
-        yield Finding("HOST_S_CET", s_cet, "must be canonical (64-bit host) or have bits 63:32 = 0 (32-bit host)")
-    ssp = ctx.f("HOST_SSP")
-    if ssp & 3 or not address_ok(ssp):
-        yield Finding("HOST_SSP", ssp, "bits 1:0 must be 0 and the value canonical (64-bit host) or below 2^32")
-    table = ctx.f("HOST_INTR_SSP_TABLE")
-    if not address_ok(table):
-        yield Finding("HOST_INTR_SSP_TABLE", table, "must be canonical (64-bit host) or below 2^32")
+    if ctx.on("exit", "LOAD_CET_STATE"):
+        yield from cet_state(ctx, "HOST_", ctx.host64(), "64-bit host")
 
 
 @predicate("HOST-PKRS")
@@ -202,7 +128,7 @@ def _ss_null(ctx: Ctx) -> Iterator[Finding]:
 @predicate("HOST-BASE-CANON")
 def _bases(ctx: Ctx) -> Iterator[Finding]:
     for name in ("HOST_FS_BASE", "HOST_GS_BASE", "HOST_GDTR_BASE", "HOST_IDTR_BASE", "HOST_TR_BASE"):
-        yield from _canonical(ctx, name)
+        yield from canonical(ctx, name)
 
 
 # -- 26.2.4 address-space size ---------------------------------------------------------------------

@@ -7,7 +7,7 @@ the VM-entry MSR-load area.  A check that needs memory the source cannot give ra
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Mapping, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from vtdbg.arch._data import as_int
 from vtdbg.core.check.context import Unknown
@@ -28,13 +28,10 @@ class Memory:
         """A little-endian integer of ``size`` bytes at ``pa``."""
         return int.from_bytes(self.read(pa, size), "little")
 
-    def readable(self, pa: int, size: int) -> bool:
-        """True when the bytes can be read (used for advisories, never raises)."""
-        try:
-            self.read(pa, size)
-        except Unknown:
-            return False
-        return True
+    def present(self, pa: int) -> Optional[bool]:
+        """Whether the page at ``pa`` exists in the source's physical memory: True/False for a
+        target that can tell, None for sources that model memory rather than hold it."""
+        return None
 
 
 class SparseMemory(Memory):
@@ -105,6 +102,13 @@ class TargetMemory(Memory):
             self._cache[key] = data
         return self._cache[key]
 
+    def present(self, pa: int) -> Optional[bool]:
+        try:
+            self.read(pa & ~0xFFF, 1)
+        except Unknown:
+            return False
+        return True
+
 
 class RecordingMemory(Memory):
     """Wraps another source and keeps every successful read (to save a snapshot with the
@@ -119,3 +123,6 @@ class RecordingMemory(Memory):
         data = self.inner.read(pa, size)
         self.reads.append((pa, data))
         return data
+
+    def present(self, pa: int) -> Optional[bool]:
+        return self.inner.present(pa)

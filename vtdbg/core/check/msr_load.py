@@ -19,8 +19,8 @@ from vtdbg.core.check.context import Ctx, Unknown
 from vtdbg.core.check.controls import MSR_ENTRY_SIZE
 from vtdbg.core.check.engine import Finding, predicate
 from vtdbg.core.check.facts import MASK64, hexs, reg, reg_get
-from vtdbg.core.check.host import pat_ok
 from vtdbg.core.check.rules import MsrWriteModel, table
+from vtdbg.core.check.shared import pat_ok
 
 #: Entries read at most (a corrupt count must not turn into a gigabyte read).
 MAX_ENTRIES = 4096

@@ -59,7 +59,7 @@ class Outcome:
             return "VM entry succeeds"
         if self.result == "fault":
             name = _VECTOR_NAMES.get(self.vector or -1, "exception %s" % self.vector)
-            return "%s %s: the instruction faults before any VMX check" % ("VMLAUNCH/VMRESUME raises", name)
+            return "VMLAUNCH/VMRESUME raises %s before any VMX check" % name
         if self.result == "vmfail_invalid":
             return "VMfailInvalid (RFLAGS.CF=1, no error number stored)"
         if self.result == "vmfail":
@@ -131,10 +131,6 @@ class Rule:
     bochs: str = ""
     kvm: str = ""
     note: str = ""
-
-    def sdm_editions(self) -> Dict[str, str]:
-        """The section in every edition numbering the table knows."""
-        return sdm_editions(self.sdm)
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,7 @@ def normalise_runs(runs: Iterable[Run], file_size: int, warnings: List[str], wha
             cut = overlap_end - run.pa
             run = Run(overlap_end, length - cut, run.file_offset + cut)
             length = run.length
-        if mapped + length > file_size + PAGE:
+        if mapped + length > file_size:
             # runs that alias the same file bytes at many addresses would make a small
             # hostile file look like terabytes of memory
             aliased += 1
