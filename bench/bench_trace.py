@@ -167,7 +167,8 @@ def main() -> int:
             print("  wall time (median of %d, interleaved): stop only %.2f s, trace with reads %.2f s (%.0f%%)"
                   % (args.runs, base, traced, 100.0 * traced / base))
             ok = ok and figures["one line per exit (BochsExitSource)"][3] <= BUDGET
-    print("budget (<= %d transactions beyond the stop for the default fields): %s" % (BUDGET, "met" if ok else "MISSED"))
+    verdict = "met" if ok else "MISSED"
+    print("budget (<= %d transactions beyond the stop for the default fields): %s" % (BUDGET, verdict))
     return 0 if ok else 1
 
 

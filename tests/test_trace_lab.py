@@ -214,3 +214,29 @@ def test_the_main_run_matches_on_the_other_models(image, tmp_path, model):
                                str(len(scenario_exits(model)) + len(truth["exits"])), "--json")
     assert status == 0, err
     compare_main(json.loads(out)[-len(truth["exits"]):], truth["exits"])
+
+
+def test_breakpoints_at_host_rip_and_handler_ticks_on_bochs(image, tmp_path):
+    """The pykd-style path on the live lab: a breakpoint at HOST_RIP (read from the lab's
+    ground truth) finds the same 17 exits; a breakpoint at the handler's VMRESUME times
+    every handler exactly, in instructions (the VMCALL exit never resumes)."""
+    truth, _ = fixtures(MODEL)
+    host_rip = truth["fields"]["0x6c16"]
+    config = "bochs:%s" % bochsrc(image, tmp_path)
+    status, out, err = run_cli("--target", config, "trace", "--at", hex(host_rip), "--vmcs", hex(truth["vmcs_pa"]),
+                               "--count", str(len(truth["exits"])), "--json")
+    assert status == 0, err
+    docs = json.loads(out)
+    compare_main(docs, truth["exits"])
+    assert {d["site"] for d in docs} == {"at 0x%x" % host_rip} and docs[0]["gprs"]["rax"] == 0
+    # the lab is loaded at 0x7C00; its exit handler resumes with the first VMRESUME after HOST_RIP
+    code = image.read_bytes()
+    resume = 0x7C00 + code.index(b"\x0f\x01\xc3", host_rip - 0x7C00)
+    total = len(scenario_exits(MODEL)) + len(truth["exits"])
+    status, out, err = run_cli("--target", config, "trace", "--resume-at", hex(resume), "--count", str(total),
+                               "--json")
+    assert status == 0, err
+    main = json.loads(out)[-len(truth["exits"]):]
+    compare_main(main, truth["exits"])
+    assert all(d["handler_ticks"] and 1000 < d["handler_ticks"] < 100000 for d in main[:-1])
+    assert main[-1]["handler_ticks"] is None

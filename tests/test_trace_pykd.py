@@ -378,3 +378,24 @@ def test_a_log_that_cannot_be_written_is_a_clean_error(pykd, tmp_path):
     status, out, err = cli(PykdTarget(pykd), "trace", "--log", "/dev/full")
     assert status == 2 and "cannot write the trace log" in err
     assert sim.breakpoints == {}
+
+
+def test_events_persist_between_runs_under_py_g(pykd, monkeypatch):
+    from vtdbg.commands import trace as trace_commands
+
+    monkeypatch.setattr(trace_commands, "_PERSISTENT", {})
+    tm.scripted_simulator(pykd)
+    target = PykdTarget(pykd)
+
+    def windbg_run(*argv: str) -> Any:
+        # each `!py -g vtdbg ...` builds a new Context for the WinDbg session
+        out, err = io.StringIO(), io.StringIO()
+        ctx = Context(target_uri="windbg:current", opener=lambda uri: target)
+        assert run(list(argv) + ["--json"], out, err, context=ctx) == 0, err.getvalue()
+        return json.loads(out.getvalue())
+
+    windbg_run("events", "add", "io-in")
+    windbg_run("events", "add", "cpuid", "0", "--cpu", "0")
+    docs = windbg_run("trace")
+    assert [key(d) for d in docs] == [(0, 10, 0), (1, 30, 0x71), (2, 30, 0x71)]
+    assert [e["hits"] for e in windbg_run("events")] == [2, 1]

@@ -296,7 +296,7 @@ class StubRunner:
         self.log: List[str] = []
 
     # -- layout of one run --------------------------------------------------------------------
-    def _layout(self, program: stub.Program, extra: int) -> Dict[str, int]:
+    def layout(self, program: stub.Program, extra: int) -> Dict[str, int]:
         code = self.scratch.code
         code_end = stub.CODE_OFFSET + len(program.code)
         if self.scratch.single:
@@ -333,7 +333,7 @@ class StubRunner:
         of a page-aligned range after it, e.g. discovery's scratch VMCS) and restore
         everything.  Raises :class:`LiveError` (target restored) or :class:`RestoreError`."""
         target = self.target
-        lay = self._layout(program, extra)
+        lay = self.layout(program, extra)
         code = self.scratch.code
         regs0 = target.registers()
         check_cpu_state(regs0)

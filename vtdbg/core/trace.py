@@ -364,9 +364,8 @@ class VmexitBreakSource(ExitSource):
         """``vmx_state`` for the VMCS pointer, one ``read_phys`` of the page, one
         ``registers()`` -- backends with a cheaper path override this."""
         with _on_cpu(self.target, stop.cpu):
-            state = self.target.vmx_state()  # type: ignore[attr-defined]
-            pa = state.get("vmcsptr")
-            if pa is None:
+            pa = self.target.vmx_state().get("vmcsptr")
+            if not isinstance(pa, int):
                 raise TargetError("CPU %d has no current VMCS at this VM exit" % stop.cpu)
             page = read_exact(self.target, pa, REGION_SIZE)
             regs = guest_gprs(self.target.registers()) if gprs else None
