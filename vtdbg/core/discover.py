@@ -191,8 +191,16 @@ def locate(page: bytes, markers: Dict[int, int]) -> Tuple[Dict[int, FieldHit], L
                     break
                 found.append(FieldHit(encoding, at, len(pattern), transform))
                 start = at + 1
-            if found:
-                break  # the most likely form wins
+        # a rotated access-rights value whose top byte is 0 also reads as the plain value one
+        # byte further on: implementations align their fields, so aligned hits come first
+        aligned = [h for h in found if h.offset % min(h.size, 4) == 0]
+        found = aligned or found
+        forms = [h.transform for h in found]
+        if forms:
+            # the most likely form wins (plain, then rol8, then packed16)
+            order = [t for t, _ in stored_forms(encoding, value)]
+            best = min(forms, key=order.index)
+            found = [h for h in found if h.transform == best]
         candidates[encoding] = found
     hits: Dict[int, FieldHit] = {}
     claimed: List[Tuple[int, int]] = []

@@ -117,8 +117,7 @@ def inner_attr(target: Any, name: str) -> Any:
     backends, so extensions are found by name."""
     seen = 0
     while target is not None and seen < 8:
-        found = getattr(type(target), name, None)
-        if found is not None:
+        if getattr(type(target), name, None) is not None or name in getattr(target, "__dict__", {}):
             return getattr(target, name)
         target = getattr(target, "inner", None)
         seen += 1
@@ -915,3 +914,42 @@ def on_cpu(target: Target, cpu: Optional[int]) -> Any:
         return
     with target.select_cpu(cpu):
         yield
+
+
+# -- one-shot runs on Bochs ------------------------------------------------------------------------------
+@dataclass
+class RunReport:
+    """What ``--after-exits N`` saw before the read."""
+
+    exits: List[Dict[str, Any]]
+    complete: bool
+    last: Dict[str, Any]
+
+    def to_json(self) -> Dict[str, Any]:
+        """JSON of the run (events without their console text)."""
+        def slim(event: Dict[str, Any]) -> Dict[str, Any]:
+            return {k: v for k, v in event.items() if k != "console"}
+        return {"exits_seen": len(self.exits), "complete": self.complete, "last_stop": slim(self.last)}
+
+
+def run_exits_first(target: Target, exits: Optional[int], timeout: Optional[float]) -> Optional[RunReport]:
+    """Let a freshly started Bochs run through ``exits`` VM exits (default 1) so that it
+    stops in VMX root at HOST_RIP with the VMCS of the last exit current (``vmexitbp``).
+
+    Only a target that has not run yet is advanced (a shell session that already stopped
+    somewhere is read where it is) unless ``exits`` is given explicitly.  None when the
+    target is not a Bochs machine."""
+    runner = inner_attr(target, "run_exits")
+    last = inner_attr(target, "last_stop")
+    if target.kind != "bochs" or runner is None:
+        if exits is not None:
+            raise UsageError("--after-exits applies to bochs: targets (a live Bochs run)")
+        return None
+    fresh = isinstance(last, dict) and last.get("event") == "start"
+    if exits is None and not fresh:
+        return None
+    count = 1 if exits is None else exits
+    if count < 1:
+        raise UsageError("--after-exits must be at least 1")
+    report = runner(count, timeout)
+    return RunReport(list(report["exits"]), bool(report["complete"]), dict(report["last"]))
