@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from vtdbg.layouts.model import TRANSFORMS, INVERSE_TRANSFORMS
+from vtdbg.layouts.model import INVERSE_TRANSFORMS, TRANSFORMS
 
 MASK64 = (1 << 64) - 1
 NONE_POINTER = MASK64
@@ -60,6 +60,8 @@ class VmxCpu:
     active: Dict[int, Dict[int, int]] = field(default_factory=dict)
     log: List[str] = field(default_factory=list)
     in_vmx: bool = True
+    #: raise a #GP on the VMWRITE after this many (fault injection inside a stub)
+    fault_after_vmwrites: Optional[int] = None
 
     def _fail_valid(self, number: int) -> int:
         self.active[self.current][0x4400] = number
@@ -88,6 +90,11 @@ class VmxCpu:
     def vmwrite(self, encoding: int, value: int) -> int:
         """Flags of a VMWRITE."""
         self.log.append("vmwrite %04x %x" % (encoding, value))
+        if self.fault_after_vmwrites is not None:
+            if self.fault_after_vmwrites == 0:
+                self.fault_after_vmwrites = None
+                raise Fault("#GP", 0, "injected on VMWRITE")
+            self.fault_after_vmwrites -= 1
         if self.current == NONE_POINTER:
             return CF
         full, high = self._lookup(encoding & 0xFFFFFFFF)
@@ -442,7 +449,8 @@ class Cpu:
                 at += 1
             elif 0xB8 <= op <= 0xBF:
                 imm_size = 8 if w else 4
-                self.put((op - 0xB8) | (8 if b else 0), 8 if w else 4, int.from_bytes(fetch[at:at + imm_size], "little"))
+                value = int.from_bytes(fetch[at:at + imm_size], "little")
+                self.put((op - 0xB8) | (8 if b else 0), 8 if w else 4, value)
                 at += imm_size
             elif op in (0xFE, 0xFF):
                 width = 1 if op == 0xFE else size

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, Dict, List, Optional
 
-from vtdbg.arch.fields import VmcsField, all_fields, lookup_field
+from vtdbg.arch.fields import VmcsField, all_fields, lookup_field, resolve_field
+from vtdbg.commands import _live
 from vtdbg.commands.registry import COMMANDS, Context, arguments, command
 from vtdbg.commands.result import Block, Heading, KeyValues, Link, Result, Table, Text, hex_value
 from vtdbg.core.describe import describe, describe_access_rights
@@ -128,6 +129,20 @@ def _vmcs_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layout", default="auto", metavar="NAME|auto",
                         help="in-memory layout; auto scores the candidates for the revision id")
     parser.add_argument("--all", action="store_true", help="show zero-valued fields too (text only)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--live", action="store_true",
+                        help="read the current VMCS with VMREAD executed on the target (VMX root, CPL 0); "
+                             "the default on a live target when --scratch or --gadget-range is given")
+    source.add_argument("--memory", action="store_true", help="decode the region in memory even on a live target")
+    parser.add_argument("--method", choices=("auto", "enum", "list", "gadget"), default="auto",
+                        help="live read: enum (compact stub enumerating encodings; Bochs default), list (a stub "
+                             "with the table's fields), gadget (single-step an existing VMREAD reg, reg; no writes)")
+    parser.add_argument("--gadget-range", metavar="VA:LEN",
+                        help="where to look for an existing VMREAD reg, reg (the hypervisor's code)")
+    parser.add_argument("--set", nargs=2, metavar=("FIELD", "VALUE"),
+                        help="VMWRITE VALUE into FIELD of the current VMCS (live targets; needs --yes)")
+    parser.add_argument("--yes", action="store_true", help="confirm --set: it changes the hypervisor's VMCS")
+    _live.add_live_arguments(parser)
 
 
 def _cpu_list(ctx: Context, count: int) -> List[int]:
@@ -154,13 +169,26 @@ def _regions(ctx: Context) -> List[int]:
 
 @command("vmcs", help="decode a VMCS region: controls, guest/host state, last exit",
          examples=["vtdbg vmcs --image lab.img --at 0x21000", "vtdbg vmcs --image lab.img --cpu all --json",
-                   "vtdbg vmcs --image dump.raw --at 0x21000 --layout bochs_2_8_3_0 --all"],
+                   "vtdbg vmcs --image dump.raw --at 0x21000 --layout bochs_2_8_3_0 --all",
+                   "vtdbg --target bochs:lab.bxrc vmcs --live --scratch 0x1F0000 --after-exits 3 --json",
+                   "vtdbg vmcs --live --scratch 0x7f000 --set GUEST_RIP 0x401000 --yes"],
          needs=Capability.PHYS_READ,
          description="Decode a VMCS region from physical memory with one bulk read. The output says which "
-                     "layout was used, how sure the choice is, and how far memory can be trusted.")
+                     "layout was used, how sure the choice is, and how far memory can be trusted. With --live, "
+                     "read the current VMCS with VMREAD executed on the target instead (authoritative; every "
+                     "byte and register it uses is restored).")
 @arguments(_vmcs_args)
 def vmcs_cmd(ctx: Context, args: argparse.Namespace) -> Result:
-    """Decode one VMCS (``--at``) or the VMCS of the selected CPU(s)."""
+    """Decode one VMCS (``--at``) or the VMCS of the selected CPU(s); ``--live`` reads the
+    current VMCS with VMREAD on the target, ``--set`` writes a field with VMWRITE."""
+    if args.set is not None:
+        return _set_cmd(ctx, args)
+    if _live_wanted(ctx, args):
+        return _live_cmd(ctx, args)
+    if ctx.target.kind == "bochs":
+        _live.prepare(ctx, args)
+    elif args.after_exits is not None:
+        raise UsageError("--after-exits applies to bochs: targets")
     if args.at is not None:
         if ctx.cpu is not None:
             raise UsageError("--at names one region; drop --cpu")
@@ -189,6 +217,120 @@ def vmcs_cmd(ctx: Context, args: argparse.Namespace) -> Result:
         blocks += [Heading("CPU %d" % cpu)] + vmcs_blocks(vmcs, args.all)
     all_failed = all("error" in d for d in docs)
     return Result(docs, blocks, exit_code=2 if all_failed else 0)
+
+
+# -- live reads and writes ------------------------------------------------------------------------
+def _live_wanted(ctx: Context, args: argparse.Namespace) -> bool:
+    """--live, or a live target and the means to run code given (--scratch / --gadget-range)."""
+    if args.memory:
+        return False
+    if args.live:
+        if args.at is not None:
+            raise UsageError("--live reads the CPU's current VMCS; --at names a region in memory (drop one)")
+        return True
+    if args.at is not None or (args.scratch is None and args.gadget_range is None):
+        return False
+    return ctx.target.has(Capability.LIVE)
+
+
+def _live_one(ctx: Context, args: argparse.Namespace, cpu: Optional[int]) -> Dict[str, Any]:
+    from vtdbg.core import live
+
+    target = ctx.target
+    if args.method == "gadget" or (args.gadget_range is not None and args.scratch is None):
+        if args.gadget_range is None:
+            raise UsageError("--method gadget needs --gadget-range VA:LEN (the hypervisor's code)")
+        start, _, length = args.gadget_range.partition(":")
+        gadgets = live.find_image_gadgets(target, parse_address(start), parse_int(length or "0", "LEN"))
+        read = live.gadget_read(target, gadgets, args.assume_root, cpu=cpu)
+    else:
+        scratch = _live.resolve_scratch(ctx, args)
+        read = live.live_read(target, scratch, args.assume_root, method=args.method, cpu=cpu)
+    doc = read.to_json()
+    doc["cpu"] = cpu if cpu is not None else target.current_cpu()
+    doc["_vmcs"] = read.vmcs
+    return doc
+
+
+def _live_cmd(ctx: Context, args: argparse.Namespace) -> Result:
+    """``vmcs --live``: one stub run per CPU; JSON as `vmcs` plus "source": "live" and "status"."""
+    report = _live.prepare(ctx, args)
+    target = ctx.target
+    if ctx.cpu is not None and ctx.cpu.lower() == "all":
+        cpus: List[Optional[int]] = list(range(target.cpu_count()))
+    elif ctx.cpu is not None:
+        cpus = [parse_int(ctx.cpu, "CPU number")]
+    else:
+        cpus = [None]
+    docs: List[Dict[str, Any]] = []
+    blocks: List[Block] = []
+    warnings: List[str] = []
+    for cpu in cpus:
+        try:
+            if cpu is None:
+                doc = _live_one(ctx, args, None)
+            else:
+                with target.select_cpu(cpu):
+                    doc = _live_one(ctx, args, cpu)
+        except VtdbgError as exc:
+            if len(cpus) == 1:
+                raise
+            docs.append({"cpu": cpu, "error": str(exc)})
+            blocks += [Heading("CPU %s" % cpu), Text("error: %s" % exc, style="warning")]
+            continue
+        vmcs = doc.pop("_vmcs")
+        if report is not None:
+            doc["run"] = report.to_json()
+        docs.append(doc)
+        warnings += vmcs.warnings
+        blocks += [Heading("CPU %s" % doc["cpu"])] + vmcs_blocks(vmcs, args.all) + _status_blocks(vmcs, doc)
+    if len(cpus) == 1:
+        return Result(docs[0], blocks, warnings=warnings)
+    return Result(docs, blocks, warnings=warnings, exit_code=2 if all("error" in d for d in docs) else 0)
+
+
+def _status_blocks(vmcs: Vmcs, doc: Dict[str, Any]) -> List[Block]:
+    """How the live read went: fields read, fields the CPU rejected, transactions."""
+    failed = sorted(name for name, status in doc.get("status", {}).items() if status != "ok")
+    live_info = doc.get("live") or {}
+    line = "live VMREAD: %d fields read%s" % (len(vmcs.values), ", %d transactions" % live_info["transactions"]
+                                                if live_info.get("transactions") is not None else "")
+    blocks: List[Block] = [Text(line, style="note")]
+    if failed:
+        blocks.append(Text("not supported by this CPU (VMREAD failed): " + ", ".join(failed), style="note"))
+    return blocks
+
+
+def _set_cmd(ctx: Context, args: argparse.Namespace) -> Result:
+    """``vmcs --set FIELD VALUE --yes``: one VMWRITE through a stub, with the value before and after."""
+    from vtdbg.core import live
+
+    field, high = resolve_field(args.set[0])
+    if high:
+        raise UsageError("write the FULL 64-bit field %s, not its HIGH half" % field.name)
+    value = parse_int(args.set[1], "VALUE")
+    if value < 0 or value >> (8 * field.size):
+        raise UsageError("%s is a %d-bit field; 0x%x does not fit" % (field.name, field.bits, value))
+    if not args.yes:
+        raise UsageError("--set changes the hypervisor's VMCS (VMWRITE %s = 0x%x); add --yes to do it"
+                         % (field.name, value))
+    if ctx.cpu is not None and ctx.cpu.lower() == "all":
+        raise UsageError("--set writes one CPU's VMCS; give --cpu N")
+    _live.prepare(ctx, args)
+    target = ctx.target
+    cpu = parse_int(ctx.cpu, "CPU number") if ctx.cpu is not None else None
+    with live.on_cpu(target, cpu):
+        scratch = _live.resolve_scratch(ctx, args)
+        written = live.live_write(target, scratch, field.encoding, value, args.assume_root, cpu=cpu)
+    doc = written.to_json()
+    doc["cpu"] = cpu if cpu is not None else target.current_cpu()
+    width = _hex_width(field)
+    result = Result(doc, warnings=list(written.warnings),
+                    exit_code=0 if written.status == "ok" else 2)
+    result.add(KeyValues([["field", field.name], ["before", hex_value(written.before, width)],
+                          ["VMWRITE", written.status], ["after", hex_value(written.after, width)],
+                          ["source", "live VMREAD/VMWRITE on CPU %s" % doc["cpu"]]]))
+    return result
 
 
 def _vmxon_args(parser: argparse.ArgumentParser) -> None:

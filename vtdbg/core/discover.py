@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 from vtdbg import __version__
 from vtdbg.arch.fields import all_fields, encoding_type, encoding_width, field_by_encoding
 from vtdbg.core import vmread_stub as stub
-from vtdbg.core.live import LiveError, RestoreError, Scratch, StubRunner, preconditions, transactions
+from vtdbg.core.live import LiveError, RestoreError, Scratch, StubRunner, list_repair, preconditions, transactions
 from vtdbg.layouts.model import INVERSE_TRANSFORMS, SCHEMA, parse_layout
 from vtdbg.target.base import Target
 
@@ -69,7 +69,9 @@ def choose_markers(encodings: Sequence[int], seed: int = 0x56544442) -> Dict[int
         for salt in range(256):
             raw = _mix((seed << 32) ^ (encoding << 8) ^ salt)
             if encoding in AR_FIELDS:
-                value = raw & _AR_KEPT | 0x1  # never zero in the low byte
+                # bits 11:8 clear and bit 16 ("unusable") set: the plain, rotated and packed
+                # forms then differ in every position, so one can never pass for another
+                value = raw & _AR_KEPT | 0x10001
                 value |= 0x1000 if not value & 0xF000 else 0
             else:
                 value = raw & ((1 << (8 * size)) - 1)
@@ -263,7 +265,8 @@ def discover_layout(target: Target, scratch: Scratch, assume_root: bool = False,
     lay = runner.layout(sizing, 0x1000)
     vmcs_va, vmcs_pa = scratch.code.va + lay["extra_off"], scratch.code.pa + lay["extra_off"]
     entries = entries_for(vmcs_va, vmcs_pa)
-    out = runner.run(stub.list_program(entries, "discover"), extra=0x1000)
+    out = runner.run(stub.list_program(entries, "discover"), extra=0x1000,
+                     repair=list_repair(entries, scratch_vmcs=vmcs_pa))
     result = stub.decode_list(out.data, entries)
     warnings = list(out.notes)
     saved = result.saved_pointer
@@ -277,11 +280,11 @@ def discover_layout(target: Target, scratch: Scratch, assume_root: bool = False,
                                "hypervisor's next VMRESUME will fail" % (saved, fixed.results[-1].value))
         warnings.append("the original VMCS had to be made current again by a second stub")
     if result.aborted_at is not None:
-        failed = result.results[result.aborted_at - 1] if result.aborted_at else None
+        failed = result.results[result.aborted_at]
         what = {stub.Op.STAMP: "stamping the revision id", stub.Op.VMCLEAR: "VMCLEAR of the scratch region",
-                stub.Op.VMPTRLD: "VMPTRLD of the scratch region"}.get(failed.entry.op if failed else -1, "a step")
+                stub.Op.VMPTRLD: "VMPTRLD of the scratch region"}.get(failed.entry.op, "a step")
         raise LiveError("discovery stopped: %s failed (%s); the original VMCS is current again"
-                        % (what, failed.status if failed else "?"))
+                        % (what, failed.status))
     signature = result.results[1].value & 0xFFFFFFFF if result.results[1].status == stub.OK else None
     revision = result.results[2].value & 0x7FFFFFFF
     writes = {r.entry.enc: r.status for r in result.results if r.entry.op == stub.Op.WRITE}

@@ -57,9 +57,9 @@ _BASELINE_RANGES: Tuple[Tuple[int, int], ...] = (
     (0x2800, 0x2802),                                      # VMCS link pointer, guest IA32_DEBUGCTL
     (0x4000, 0x401A),                                      # 32-bit controls up to the entry instruction length
     (0x4400, 0x440E),                                      # read-only exit information
-    (0x4800, 0x482A),                                      # guest limits, AR, interruptibility, activity, SMBASE, SYSENTER_CS
+    (0x4800, 0x482A),                                      # guest limits, AR, interruptibility, ..., SYSENTER_CS
     (0x4C00, 0x4C00),                                      # host SYSENTER_CS
-    (0x6000, 0x600E), (0x6400, 0x640A),                    # masks, shadows, CR3 targets; exit qualification, I/O RCX..RIP, GLA
+    (0x6000, 0x600E), (0x6400, 0x640A),                    # masks, shadows, CR3 targets; exit qualification..GLA
     (0x6800, 0x6826), (0x6C00, 0x6C16),                    # natural-width guest and host state
 )
 BASELINE_FIELDS: Set[int] = {f.encoding for f in all_fields()
@@ -94,8 +94,9 @@ class Scratch:
     data: Optional[Area] = None
     source: str = ""
     #: paging-structure entries that map the areas: (physical address, value when checked,
-    #: is the leaf).  Running the stub may set their Accessed/Dirty bits; they are put back.
-    paging: List[Tuple[int, int, bool]] = field(default_factory=list)
+    #: is the leaf, first linear address it maps, end).  Running the stub may set their
+    #: Accessed/Dirty bits; they are put back.
+    paging: List[Tuple[int, int, bool, int, int]] = field(default_factory=list)
 
     @property
     def single(self) -> bool:
@@ -130,8 +131,9 @@ def transactions(target: Target) -> Optional[int]:
     return int(value) if isinstance(value, int) else None
 
 
-_VALIDATED: "weakref.WeakKeyDictionary[Target, Dict[Tuple[int, int, int, int], List[Tuple[int, int, bool]]]]" = \
-    weakref.WeakKeyDictionary()
+PagingEntry = Tuple[int, int, bool, int, int]
+#: mappings already checked, per target and (va, pa, size, cr3)
+_VALIDATED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def scratch_at(target: Target, pa: int, size: int = DEFAULT_SCRATCH_SIZE, va: Optional[int] = None) -> Scratch:
@@ -157,7 +159,7 @@ def scratch_at(target: Target, pa: int, size: int = DEFAULT_SCRATCH_SIZE, va: Op
 
 
 def check_mapping(target: Target, va: int, pa: int, size: int, writable: bool,
-                  executable: bool) -> List[Tuple[int, int, bool]]:
+                  executable: bool) -> List[PagingEntry]:
     """Check that linear [va, va+size) maps [pa, pa+size) with the wanted permissions in the
     current CPU's page tables; returns the paging entries involved (LiveError otherwise).
 
@@ -177,12 +179,21 @@ def check_mapping(target: Target, va: int, pa: int, size: int, writable: bool,
     known = _VALIDATED.setdefault(target, {})
     if key in known:
         return list(known[key])
-    entries: List[Tuple[int, int, bool]] = []
+    entries: List[PagingEntry] = []
+    tables: Dict[int, bytes] = {}
+
+    def read_entry(where: int, length: int) -> bytes:
+        # a paging structure is read whole, once: neighbouring pages share their tables
+        base = where & ~0xFFF
+        if base not in tables:
+            tables[base] = target.read_phys(base, _PAGE)
+        return tables[base][where - base:where - base + length]
+
     page = va & ~0xFFF
     checked = 0
     while page < va + size and checked < 64:
         try:
-            phys, walk = translate(target.read_phys, cr3, page)
+            phys, walk = translate(read_entry, cr3, page)
         except VtdbgError as exc:
             raise LiveError("linear 0x%x is not mapped (%s)" % (page, exc)) from None
         if phys != pa + (page - va):
@@ -193,8 +204,11 @@ def check_mapping(target: Target, va: int, pa: int, size: int, writable: bool,
         if executable and any(entry >> 63 for entry in values):
             raise LiveError("linear 0x%x is mapped no-execute" % page)
         for number, (where, entry) in enumerate(walk):
-            if all(where != seen for seen, _, _ in entries):
-                entries.append((where, entry, number == len(walk) - 1))
+            # the linear range this entry maps: 512 GiB, 1 GiB, 2 MiB or 4 KiB
+            span = 1 << (39 - 9 * number)
+            low = page & ~(span - 1)
+            if all(where != seen[0] for seen in entries):
+                entries.append((where, entry, number == len(walk) - 1, low, low + span))
         # a large page covers the rest of its range at once
         leaf_size = {4: _PAGE, 3: 1 << 21, 2: 1 << 30}.get(len(walk), _PAGE)
         page = (page & ~(leaf_size - 1)) + leaf_size
@@ -238,7 +252,7 @@ def scratch_from_image(target: Target, module: str, base: int, size: int) -> Scr
     from vtdbg.target.paging import translate
 
     areas = []
-    paging: List[Tuple[int, int, bool]] = []
+    paging: List[PagingEntry] = []
     cr3 = target.registers()["cr3"]
     for (va, length), writable in ((code_pad, False), (data_pad, True)):
         start = (va + 15) & ~15  # 16-byte aligned, and still inside the padding's page
@@ -255,6 +269,10 @@ def scratch_from_image(target: Target, module: str, base: int, size: int) -> Scr
 
 
 # -- running a stub -------------------------------------------------------------------------------
+#: builds a repair program from (the data area after a partial run, its bytes before the run)
+Repair = Callable[[bytes, bytes], Optional[stub.Program]]
+
+
 @dataclass
 class RunOutput:
     """What one stub run produced: the data area, and an extra range read before cleanup."""
@@ -327,17 +345,26 @@ class StubRunner:
         return [(code.pa, lay["code_end"]), (data.pa, max(program.data_size, len(program.data_in)))]
 
     # -- the run ------------------------------------------------------------------------------------
-    def run(self, program: stub.Program, extra: int = 0) -> RunOutput:
+    def run(self, program: stub.Program, extra: int = 0, repair: Optional[Repair] = None) -> RunOutput:
         """Place ``program``, run it to its stop, read its data area (and ``extra`` bytes
         of a page-aligned range after it, e.g. discovery's scratch VMCS) and restore
-        everything.  Raises :class:`LiveError` (target restored) or :class:`RestoreError`."""
+        everything.  Raises :class:`LiveError` (target restored) or :class:`RestoreError`.
+
+        ``repair(partial data, original data bytes)`` is asked, when the stub started but did
+        not reach its stop, for a program that undoes what it did to VMX state (the error
+        field, the current-VMCS pointer); that program runs before the memory is restored."""
         target = self.target
         lay = self.layout(program, extra)
         code = self.scratch.code
-        regs0 = target.registers()
-        check_cpu_state(regs0)
-        touched = self._touched(lay, program)
-        originals = [target.read_phys(pa, size) for pa, size in touched]
+        try:
+            regs0 = target.registers()
+            check_cpu_state(regs0)
+            touched = self._touched(lay, program)
+            originals = [target.read_phys(pa, size) for pa, size in touched]
+        except LiveError:
+            raise
+        except VtdbgError as exc:
+            raise LiveError("cannot prepare the stub: %s (nothing was changed)" % _describe(exc)) from exc
         erase = self.bochs and self.scratch.single and _uniform(originals[0][stub.CODE_OFFSET:])
         entry_va = code.va + stub.CODE_OFFSET + program.entry
         stop_va = code.va + stub.CODE_OFFSET + program.stop
@@ -365,6 +392,9 @@ class StubRunner:
                 output.extra = target.read_phys(code.pa + lay["extra_off"], extra)
         except BaseException as exc:  # noqa: B902 - every path restores, KeyboardInterrupt too
             primary = exc
+        if primary is not None and state.resumed and not state.stub_finished and repair is not None \
+                and not isinstance(primary, KeyboardInterrupt):
+            self._repair(program, lay, originals, repair, state)
         problems = self._restore(program, lay, touched, originals, regs0, owned, erase, state)
         output.notes.extend(state.notes)
         if problems:
@@ -374,12 +404,38 @@ class StubRunner:
                     from primary
             raise RestoreError("the target could not be restored completely: %s" % detail) from primary
         if primary is not None:
-            if isinstance(primary, (KeyboardInterrupt, LiveError)):
+            if isinstance(primary, KeyboardInterrupt):
                 raise primary
+            extra_notes = (" (%s)" % "; ".join(state.notes)) if state.notes else ""
+            if isinstance(primary, LiveError):
+                raise LiveError("%s%s" % (_describe(primary), extra_notes)) from primary
             if isinstance(primary, VtdbgError):
-                raise LiveError("%s (the target was restored)" % _describe(primary)) from primary
+                raise LiveError("%s (the target was restored%s)" % (_describe(primary), extra_notes)) from primary
             raise primary
         return output
+
+    def _repair(self, program: stub.Program, lay: Dict[str, int], originals: List[bytes], repair: Repair,
+                state: _RunState) -> None:
+        """After a partial run: flush Bochs's cache, read what the stub left, run the repair."""
+        target = self.target
+        code = self.scratch.code
+        try:
+            if self.bochs and state.tail_written:
+                set_registers(target, {"rip": code.va + stub.TAIL_INVD})
+                self._run_to(code.va + stub.TAIL_STOP, state, "the cache flush")
+            partial = target.read_phys(lay["data_pa"], program.data_size)
+            start = lay["data_off"] if self.scratch.single else 0
+            source = originals[0] if self.scratch.single else originals[1]
+            fix = repair(partial, source[start:start + program.data_size])
+            if fix is None:
+                return
+            StubRunner(target, self.scratch, self.bochs).run(fix)
+            state.notes.append("VMX state the partial run changed was put back by a repair stub")
+        except KeyboardInterrupt:
+            state.notes.append("the repair was interrupted")
+        except Exception as exc:  # the restore below still runs; say what could not be repaired
+            state.notes.append("VMX state may differ (VM_INSTRUCTION_ERROR or the current VMCS): repair failed: %s"
+                               % _describe(exc))
 
     def _write_code(self, program: stub.Program, lay: Dict[str, int], originals: List[bytes],
                     state: _RunState) -> None:
@@ -387,8 +443,9 @@ class StubRunner:
         target = self.target
         text = (stub.TAIL if self.bochs else bytes(stub.CODE_OFFSET)) + program.code
         start = 0 if self.bochs else stub.CODE_OFFSET
-        if self.scratch.single and program.data_in and lay["data_off"] - lay["code_end"] <= 16:
-            # close enough: one write of code, the (original) gap bytes and the data
+        if self.scratch.single and program.data_in and (not self.bochs or lay["data_off"] - lay["code_end"] <= 16):
+            # one write of code, the (original) gap bytes and the data: a debugger that writes
+            # any size in one call saves a transaction; on Bochs only when the gap is small
             gap = originals[0][lay["code_end"]:lay["data_off"]]
             state.written = True
             target.write_phys(code.pa + start, text[start:] + gap + program.data_in)
@@ -423,8 +480,13 @@ class StubRunner:
                             "or another event stopped the target first)"
                             % (what, stop_va, "0x%x" % rip if rip is not None else "an unknown address"))
 
-    def _restore_paging(self, attempt: Callable[[str, Callable[[], None]], bool]) -> None:
-        _restore_paging_entries(self.target, self.scratch.paging, attempt)
+    def _restore_paging(self, lay: Dict[str, int], program: stub.Program,
+                        attempt: Callable[[str, Callable[[], None]], bool]) -> None:
+        code = self.scratch.code
+        used = [(code.va, code.va + (lay["end"] if self.scratch.single else lay["code_end"]))]
+        if not self.scratch.single:
+            used.append((lay["data_va"], lay["data_va"] + max(program.data_size, len(program.data_in))))
+        _restore_paging_entries(self.target, self.scratch.paging, used, attempt)
 
     def _restore(self, program: stub.Program, lay: Dict[str, int], touched: List[Tuple[int, int]],
                  originals: List[bytes], regs0: Dict[str, int], owned: Set[str], erase: bool,
@@ -436,15 +498,23 @@ class StubRunner:
         interrupted = False
 
         def attempt(what: str, action: Callable[[], None]) -> bool:
+            """Run one restore step; a failure is tried once more (a debugger round trip
+            can fail once), then recorded and the other steps still run."""
             nonlocal interrupted
-            try:
-                action()
-                return True
-            except KeyboardInterrupt:
-                interrupted = True  # finish the restore first, then honour Ctrl+C
-                problems.append("%s: interrupted" % what)
-            except Exception as exc:  # keep restoring whatever else can be restored
-                problems.append("%s: %s" % (what, _describe(exc)))
+            error = ""
+            for _ in range(2):
+                try:
+                    action()
+                    return True
+                except KeyboardInterrupt:
+                    interrupted = True  # finish the restore first, then honour Ctrl+C
+                    error = "interrupted"
+                except RestoreError as exc:  # a verified difference: retrying the check won't help
+                    error = _describe(exc)
+                    break
+                except Exception as exc:  # keep restoring whatever else can be restored
+                    error = _describe(exc)
+            problems.append("%s: %s" % (what, error))
             return False
 
         if state.breakpoint is not None:
@@ -486,7 +556,7 @@ class StubRunner:
                                            % (size, pa, first))
                 attempt("verifying memory at 0x%x" % pa, verify)
         if state.resumed:
-            self._restore_paging(attempt)
+            self._restore_paging(lay, program, attempt)
         if state.registers_changed:
             wanted = {name: regs0[name] for name in sorted(owned) if name in regs0}
             attempt("restoring registers", lambda: set_registers(target, wanted))
@@ -502,17 +572,17 @@ class StubRunner:
         return problems
 
 
-def _restore_paging_entries(target: Target, paging: Sequence[Tuple[int, int, bool]],
+def _restore_paging_entries(target: Target, paging: Sequence[PagingEntry], used: Sequence[Tuple[int, int]],
                             attempt: Callable[[str, Callable[[], None]], bool]) -> None:
     """Put back Accessed/Dirty bits the stub's own accesses set in the paging entries that
     map the scratch area.  Only entries that had a bit clear can have changed, so usually
     nothing is read at all.  The page's contents are restored too, so "not accessed, not
     dirty" is the truth again; a TLB may still cache the translation, which only means the
     CPU will not set the bits again for accesses through that cached entry."""
-    for where, value, leaf in paging:
+    for where, value, leaf, low, high in paging:
         watch = 0x20 | (0x40 if leaf else 0)
-        if value & watch == watch:
-            continue
+        if value & watch == watch or not any(lo < high and low < hi for lo, hi in used):
+            continue  # nothing to set, or the run never went through this entry
 
         def put_back(where: int = where, value: int = value) -> None:
             now = struct.unpack("<Q", target.read_phys(where, 8))[0]
@@ -593,20 +663,19 @@ def preconditions(target: Target, assume_root: bool = False, cpu: Optional[int] 
     if not target.has(Capability.RESUME):
         raise LiveError("a live VMREAD runs code on the target, which this %s target cannot do" % target.kind)
     bochs = target.kind == "bochs"
-    vmx_state = inner_attr(target, "vmx_state")
-    if bochs and vmx_state is not None:
-        state = vmx_state()
+    if bochs:
+        state = target.vmx_state()  # Bochs knows exactly: one debugger command
         if not state.get("in_vmx"):
             raise LiveError("CPU %s is not in VMX operation (no VMXON): there is no VMCS to read"
                             % state.get("cpu", "?"))
         if state.get("in_vmx_guest"):
             raise LiveError("CPU %s is in VMX non-root mode (running the guest): a VMREAD would exit into the "
                             "hypervisor; stop it in VMX root first (e.g. --after-exits N)" % state.get("cpu", "?"))
-        if state.get("vmcsptr") is None:
+        pointer = state.get("vmcsptr")
+        if not isinstance(pointer, int):
             raise LiveError("CPU %s is in VMX root but no VMCS is current (VMPTRLD not done, or VMCLEAR'ed)"
                             % state.get("cpu", "?"))
-        return Preconditions(True, state["vmcsptr"], ["Bochs: in VMX root, current VMCS 0x%x" % state["vmcsptr"]],
-                             True)
+        return Preconditions(True, pointer, ["Bochs: in VMX root, current VMCS 0x%x" % pointer], True)
     if assume_root:
         return Preconditions(None, None, ["--assume-root: VMX root mode asserted by the user"], bochs)
     verdict, evidence = _root_mode_evidence(target, cpu)
@@ -712,7 +781,7 @@ def live_read(target: Target, scratch: Scratch, assume_root: bool = False, encod
     start = transactions(target)
     pre = preconditions(target, assume_root, cpu)
     warnings: List[str] = []
-    misc = known_msr(target, stub.MSR_VMX_MISC) if pre.bochs else None
+    misc = known_msr(target, stub.MSR_VMX_MISC) if pre.bochs or method == "enum" else None
     if method == "auto":
         method = "enum" if pre.bochs and misc is not None and misc & stub.MISC_VMWRITE_ANY and encodings is None \
             else "list"
@@ -723,7 +792,7 @@ def live_read(target: Target, scratch: Scratch, assume_root: bool = False, encod
                             "VM_INSTRUCTION_ERROR back; use --method list")
         top = highest_index(target)
         program = stub.enum_program(top)
-        out = runner.run(program)
+        out = runner.run(program, repair=enum_repair(top))
         _saved, statuses = stub.decode_enum(out.data, top)
         revision = known_msr(target, stub.MSR_VMX_BASIC)
         pointer = pre.vmcs_pointer
@@ -733,7 +802,7 @@ def live_read(target: Target, scratch: Scratch, assume_root: bool = False, encod
         entries = [stub.Entry(stub.Op.SAVE_POINTER), stub.Entry(stub.Op.RDMSR, stub.MSR_VMX_BASIC)]
         entries += stub.reads(wanted, [e for e in wanted if e not in BASELINE_FIELDS])
         program = stub.list_program(entries, "vmread-list")
-        out = runner.run(program)
+        out = runner.run(program, repair=list_repair(entries))
         result = stub.decode_list(out.data, entries)
         warnings.extend(out.notes)
         pointer = result.saved_pointer
@@ -753,7 +822,46 @@ def live_read(target: Target, scratch: Scratch, assume_root: bool = False, encod
     done = transactions(target)
     return LiveRead(_vmcs_from(statuses, pointer, revision, method, warnings), method, scratch,
                     None if start is None or done is None else done - start,
-                    unknown_ok={e: v for e, (s, v) in statuses.items() if s == stub.OK and field_by_encoding(e) is None})
+                    unknown_ok={e: v for e, (s, v) in statuses.items()
+                                if s == stub.OK and field_by_encoding(e) is None})
+
+
+def enum_repair(highest: int) -> Repair:
+    """Repair after a partial compact read: VMWRITE the saved error back if a record that
+    was written shows VMfailValid (the slot is written before the first record)."""
+    def build(partial: bytes, before: bytes) -> Optional[stub.Program]:
+        failed = False
+        for number in range(len(stub.GROUPS) * (highest + 1)):
+            at = stub.ENUM_SLOT + number * stub.ENUM_RECORD
+            record, old = partial[at:at + stub.ENUM_RECORD], before[at:at + stub.ENUM_RECORD]
+            if len(record) < stub.ENUM_RECORD or record == old:
+                break  # records are written in order: the first untouched one ends the run
+            failed |= stub.status_from_ah(record[8]) == stub.VMFAIL_VALID
+        if not failed:
+            return None
+        saved = int.from_bytes(partial[:stub.ENUM_SLOT], "little") & 0xFFFFFFFF
+        entries = [stub.Entry(stub.Op.WRITE, stub.ERROR_FIELD, saved, stub.Flag.MAYFAIL)]
+        return stub.list_program(entries, "repair", stub.OPT_KEEP_ERROR)
+    return build
+
+
+def list_repair(entries: Sequence[stub.Entry], scratch_vmcs: Optional[int] = None) -> Repair:
+    """Repair after a partial list run: make the saved VMCS current again (discovery; the
+    scratch VMCS is cleared first so nothing of it stays cached) and VMWRITE the saved error
+    back if an entry that ran failed with VMfailValid."""
+    def build(partial: bytes, before: bytes) -> Optional[stub.Program]:
+        result = stub.decode_list(partial, entries)
+        ran = [r for r in result.results if r.status not in (stub.NOT_RUN, stub.SKIPPED)]
+        if not ran:
+            return None
+        fix: List[stub.Entry] = []
+        saved_pointer = any(r.entry.op == stub.Op.SAVE_POINTER for r in ran)
+        if scratch_vmcs is not None and saved_pointer:
+            fix += [stub.Entry(stub.Op.VMCLEAR, 0, scratch_vmcs), stub.Entry(stub.Op.VMPTRLD, 0, result.saved_pointer)]
+        if fix or any(r.status == stub.VMFAIL_VALID for r in ran):
+            fix.append(stub.Entry(stub.Op.WRITE, stub.ERROR_FIELD, result.saved_error, stub.Flag.MAYFAIL))
+        return stub.list_program(fix, "repair", stub.OPT_KEEP_ERROR) if fix else None
+    return build
 
 
 def _check_error_restore(result: stub.ListResult, warnings: List[str]) -> None:
@@ -794,7 +902,7 @@ def live_write(target: Target, scratch: Scratch, encoding: int, value: int, assu
     entries = [stub.Entry(stub.Op.SAVE_POINTER), stub.Entry(stub.Op.READ, encoding),
                stub.Entry(stub.Op.WRITE, encoding, value, flags), stub.Entry(stub.Op.READ, encoding)]
     runner = StubRunner(target, scratch, bochs=pre.bochs)
-    out = runner.run(stub.list_program(entries, "vmwrite-list"))
+    out = runner.run(stub.list_program(entries, "vmwrite-list"), repair=list_repair(entries))
     result = stub.decode_list(out.data, entries)
     if result.saved_pointer == 0xFFFFFFFFFFFFFFFF:
         raise LiveError("no VMCS is current on this CPU: nothing to write")
@@ -924,12 +1032,14 @@ class RunReport:
     exits: List[Dict[str, Any]]
     complete: bool
     last: Dict[str, Any]
+    asked: int = 0
 
     def to_json(self) -> Dict[str, Any]:
         """JSON of the run (events without their console text)."""
         def slim(event: Dict[str, Any]) -> Dict[str, Any]:
             return {k: v for k, v in event.items() if k != "console"}
-        return {"exits_seen": len(self.exits), "complete": self.complete, "last_stop": slim(self.last)}
+        return {"exits_asked": self.asked, "exits_seen": len(self.exits), "complete": self.complete,
+                "last_stop": slim(self.last)}
 
 
 def run_exits_first(target: Target, exits: Optional[int], timeout: Optional[float]) -> Optional[RunReport]:
@@ -952,4 +1062,4 @@ def run_exits_first(target: Target, exits: Optional[int], timeout: Optional[floa
     if count < 1:
         raise UsageError("--after-exits must be at least 1")
     report = runner(count, timeout)
-    return RunReport(list(report["exits"]), bool(report["complete"]), dict(report["last"]))
+    return RunReport(list(report["exits"]), bool(report["complete"]), dict(report["last"]), count)

@@ -82,8 +82,9 @@ class Asm:
         self._fixups.append((len(self.code), target, size))
         self.code += bytes(size)
 
-    def imm32(self, value: int) -> None:
-        """Append a 32-bit little-endian immediate."""
+    def imm32(self, opcode_hex: str, value: int) -> None:
+        """An instruction ending in a 32-bit little-endian immediate."""
+        self.emit(opcode_hex)
         self.code += struct.pack("<I", value & 0xFFFFFFFF)
 
     def assemble(self) -> bytes:
@@ -255,7 +256,9 @@ H_MISC = 0x10         # out: IA32_VMX_MISC
 H_RESTORE = 0x18      # out: byte 0 AH of the error-restoring VMWRITE, byte 1 = 1 if it ran
 H_POINTER = 0x20      # out: the pointer SAVE_POINTER stored
 H_ABORT = 0x28        # out: remaining-entry count when a CRITICAL entry failed, else all ones
+H_OPTIONS = 0x30      # in: bit 0 = do not put VM_INSTRUCTION_ERROR back at the end (repairs set it)
 HEADER_SIZE = 0x40
+OPT_KEEP_ERROR = 1
 ENTRY_SIZE = 16
 #: entry bytes: 0-1 encoding, 2 op, 3 flags, 4 AH out, 5 done out (1 ran, 2 skipped), 8-15 value
 DONE_RAN = 1
@@ -270,14 +273,14 @@ def _list_code() -> Tuple[bytes, int, int]:
     """RSI = data block.  Registers: R8 entries left, RDI entry, R9B MISC[29], R10B
     skipping after a critical failure, R11 saved error, RDX/RAX/RCX/RBX scratch."""
     a = Asm()
-    a.emit("b9");  a.imm32(MSR_VMX_MISC)      # mov ecx, IA32_VMX_MISC
+    a.imm32("b9", MSR_VMX_MISC)     # mov ecx, IA32_VMX_MISC
     a.emit("0f32")                            # rdmsr
     a.emit("894610")                          # mov [rsi+0x10], eax
     a.emit("895614")                          # mov [rsi+0x14], edx
     a.emit("0fbae01d")                        # bt eax, 29
     a.emit("410f92c1")                        # setc r9b
     a.emit("4d31db")                          # xor r11, r11
-    a.emit("ba");  a.imm32(ERROR_FIELD)       # mov edx, 0x4400
+    a.imm32("ba", ERROR_FIELD)      # mov edx, 0x4400
     a.emit("410f78d3")                        # vmread r11, rdx   (fails harmlessly without a VMCS)
     a.emit("4c895e08")                        # mov [rsi+0x08], r11
     a.emit("4c8b06")                          # mov r8, [rsi]
@@ -325,9 +328,9 @@ def _list_code() -> Tuple[bytes, int, int]:
     a.emit("0fc77620")                        # vmptrld [rsi+0x20]
     a.jump("e9", "record", 4)
     a.label("stamp")
-    a.emit("b9");  a.imm32(MSR_VMX_BASIC)     # mov ecx, IA32_VMX_BASIC
+    a.imm32("b9", MSR_VMX_BASIC)    # mov ecx, IA32_VMX_BASIC
     a.emit("0f32")                            # rdmsr
-    a.emit("25ffffff7f")                      # and eax, 0x7fffffff (also clears CF and ZF... unless 0)
+    a.emit("25ffffff7f")                      # and eax, 0x7fffffff
     a.emit("488b4f08")                        # mov rcx, [rdi+8]
     a.emit("8901")                            # mov [rcx], eax
     a.emit("31c0")                            # xor eax, eax (flags: ZF=1 would read as a failure)
@@ -368,7 +371,9 @@ def _list_code() -> Tuple[bytes, int, int]:
     a.emit("49ffc8")                          # dec r8
     a.jump("e9", "loop", 4)
     a.label("finish")
-    a.emit("ba");  a.imm32(ERROR_FIELD)       # mov edx, 0x4400
+    a.emit("f6463001")                        # test byte [rsi+0x30], OPT_KEEP_ERROR
+    a.jump("75", "done")                      # jnz done          (a repair sets the field itself)
+    a.imm32("ba", ERROR_FIELD)      # mov edx, 0x4400
     a.emit("0f78d0")                          # vmread rax, rdx   (the error field now)
     a.emit("9f")                              # lahf
     a.emit("f6c441")                          # test ah, CF|ZF
@@ -402,10 +407,12 @@ class Entry:
     flags: int = 0
 
 
-def list_program(entries: Sequence[Entry], name: str = "vmx-list") -> Program:
-    """A list program over ``entries`` (see :class:`Op` and :class:`Flag`)."""
+def list_program(entries: Sequence[Entry], name: str = "vmx-list", options: int = 0) -> Program:
+    """A list program over ``entries`` (see :class:`Op` and :class:`Flag`); ``options``
+    goes to the header (:data:`OPT_KEEP_ERROR`)."""
     block = bytearray(HEADER_SIZE)
     struct.pack_into("<Q", block, H_COUNT, len(entries))
+    struct.pack_into("<Q", block, H_OPTIONS, options)
     for item in entries:
         if not 0 <= item.enc <= 0xFFFF:
             raise ValueError("encoding 0x%x does not fit 16 bits" % item.enc)
