@@ -45,3 +45,16 @@ def lab_models() -> List[str]:
     if not base.is_dir():
         return []
     return sorted(p.name for p in base.iterdir() if (p / "ground_truth.json").is_file())
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` (long fuzz runs, 4 GiB images) run only when asked for, with
+    ``-m slow`` or VTDBG_SLOW=1, so the README's test command and CI stay short."""
+    import os
+
+    if "slow" in (config.getoption("markexpr") or "") or os.environ.get("VTDBG_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow or VTDBG_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -30,17 +30,3 @@ def lab_images(tmp_path_factory):
 def haswell(lab_images):
     """The corei7_haswell_4770 lab image (or the first model) and its ground truth."""
     return lab_images.get("corei7_haswell_4770") or next(iter(lab_images.values()))
-
-
-def pytest_collection_modifyitems(config, items):
-    """The long fuzz group (marker ``slow``) runs only when asked for: ``-m slow`` or
-    VTDBG_SLOW=1, so the default suite (and CI's plain ``pytest``) stays short."""
-    import os
-
-    wanted = "slow" in (config.getoption("markexpr") or "") or os.environ.get("VTDBG_SLOW") == "1"
-    if wanted:
-        return
-    skip = pytest.mark.skip(reason="long fuzz run: use -m slow or VTDBG_SLOW=1")
-    for item in items:
-        if "slow" in item.keywords and "postmortem" in str(item.fspath):
-            item.add_marker(skip)

@@ -9,9 +9,10 @@ from typing import Any, Dict, List
 from vtdbg.commands import _live
 from vtdbg.commands.registry import Context, arguments, command
 from vtdbg.commands.result import KeyValues, Result, Table, Text
-from vtdbg.core import discover
+from vtdbg.core import discover, live
 from vtdbg.layouts.registry import ALIASES, builtin_layouts, get_layout, vtdbg_home
 from vtdbg.lib.errors import UsageError, VtdbgError
+from vtdbg.lib.numbers import parse_int
 from vtdbg.target.base import Capability
 
 
@@ -44,10 +45,15 @@ def discover_cmd(ctx: Context, args: argparse.Namespace) -> Result:
     """Discover, report, optionally save."""
     if args.name is not None and not args.name.replace("_", "").replace("-", "").isalnum():
         raise UsageError("--name must be letters, digits, '_' or '-'")
+    if ctx.cpu is not None and ctx.cpu.lower() == "all":
+        raise UsageError("discovery measures one CPU's layout; give --cpu N")
     _live.prepare(ctx, args)
     target = ctx.target
-    scratch = _live.resolve_scratch(ctx, args)
-    found = discover.discover_layout(target, scratch, args.assume_root, all_encodings=not args.known_only)
+    cpu = parse_int(ctx.cpu, "CPU number") if ctx.cpu is not None else None
+    with live.on_cpu(target, cpu):
+        scratch = _live.resolve_scratch(ctx, args)
+        found = discover.discover_layout(target, scratch, args.assume_root, all_encodings=not args.known_only,
+                                         cpu=cpu)
     doc = found.layout_doc(args.name)
     data: Dict[str, Any] = {
         "layout": doc, "saved": None, "revision_id": found.revision_id, "cpu_signature": found.cpu_signature,

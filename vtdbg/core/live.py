@@ -47,8 +47,8 @@ _PAGE = 0x1000
 #: plus the list program, and a 4 KiB page for discovery's scratch VMCS
 DEFAULT_SCRATCH_SIZE = 0x4000
 #: the shortest uniform run of padding worth using for code / data (image padding)
-_MIN_CODE_PAD = 0x180
-_MIN_DATA_PAD = 0x1200
+_MIN_CODE_PAD = (stub.CODE_OFFSET + len(stub.LIST_CODE) + 15) & ~15
+_MIN_DATA_PAD = 0x200
 
 # -- fields every VMX processor supports (SDM Vol. 3D Appendix B lists no condition) -----------
 _BASELINE_RANGES: Tuple[Tuple[int, int], ...] = (
@@ -801,29 +801,49 @@ def live_read(target: Target, scratch: Scratch, assume_root: bool = False, encod
         wanted = list(encodings) if encodings is not None else [f.encoding for f in all_fields()]
         entries = [stub.Entry(stub.Op.SAVE_POINTER), stub.Entry(stub.Op.RDMSR, stub.MSR_VMX_BASIC)]
         entries += stub.reads(wanted, [e for e in wanted if e not in BASELINE_FIELDS])
-        program = stub.list_program(entries, "vmread-list")
-        out = runner.run(program, repair=list_repair(entries))
-        result = stub.decode_list(out.data, entries)
-        warnings.extend(out.notes)
-        pointer = result.saved_pointer
-        if pointer == 0xFFFFFFFFFFFFFFFF:
-            raise LiveError("no VMCS is current on this CPU (VMPTRST returned all ones): nothing to read")
-        revision = result.results[1].value & 0x7FFFFFFF if result.results[1].status == stub.OK else None
-        statuses = {r.entry.enc: (r.status, r.value) for r in result.results[2:]}
-        if statuses.get(stub.ERROR_FIELD, ("", 0))[0] == stub.OK:
-            # failed reads before it changed the field until the stub put it back
-            statuses[stub.ERROR_FIELD] = (stub.OK, result.saved_error)
+        statuses = {}
+        pointer, revision = None, None
+        # one run when the data area holds every entry (a --scratch region always does);
+        # image padding may be smaller: then as many runs as it takes
+        for chunk in _chunks(entries, runner):
+            program = stub.list_program(chunk, "vmread-list")
+            out = runner.run(program, repair=list_repair(chunk))
+            result = stub.decode_list(out.data, chunk)
+            warnings.extend(out.notes)
+            _check_error_restore(result, warnings)
+            if chunk[0].op == stub.Op.SAVE_POINTER:
+                pointer = result.saved_pointer
+                if pointer == 0xFFFFFFFFFFFFFFFF:
+                    raise LiveError("no VMCS is current on this CPU (VMPTRST returned all ones): nothing to read")
+                revision = result.results[1].value & 0x7FFFFFFF if result.results[1].status == stub.OK else None
+            for item in result.results:
+                if item.entry.op == stub.Op.READ:
+                    statuses[item.entry.enc] = (item.status, item.value)
+                    if item.entry.enc == stub.ERROR_FIELD and item.status == stub.OK:
+                        # failed reads before it changed the field until the stub put it back
+                        statuses[stub.ERROR_FIELD] = (stub.OK, result.saved_error)
         skipped = [e for e, (s, _) in statuses.items() if s == stub.SKIPPED]
         if skipped:
             warnings.append("%d fields not read: this CPU cannot VMWRITE VM_INSTRUCTION_ERROR back after a failed "
                             "VMREAD (IA32_VMX_MISC[29] = 0), so only fields every VMX processor has were tried"
                             % len(skipped))
-        _check_error_restore(result, warnings)
     done = transactions(target)
     return LiveRead(_vmcs_from(statuses, pointer, revision, method, warnings), method, scratch,
                     None if start is None or done is None else done - start,
                     unknown_ok={e: v for e, (s, v) in statuses.items()
                                 if s == stub.OK and field_by_encoding(e) is None})
+
+
+def _chunks(entries: List[stub.Entry], runner: StubRunner) -> List[List[stub.Entry]]:
+    """Split ``entries`` so each list program's data block fits the scratch's data area."""
+    if runner.scratch.single:
+        return [entries]
+    data = runner.scratch.data
+    assert data is not None
+    per_run = (data.size - stub.HEADER_SIZE) // stub.ENTRY_SIZE
+    if per_run < 3:
+        raise LiveError("the scratch data area (%d bytes) is too small for a list program" % data.size)
+    return [entries[i:i + per_run] for i in range(0, len(entries), per_run)]
 
 
 def enum_repair(highest: int) -> Repair:
@@ -973,21 +993,29 @@ def gadget_read(target: Target, gadgets: Sequence[stub.Gadget], assume_root: boo
     def outcome(regs: Dict[str, int], dest: str) -> Tuple[str, int]:
         return stub.status_from_ah(_ah(regs.get("rflags", 0))), regs.get(dest, 0)
 
+    saved: Optional[Tuple[str, int]] = None
     try:
         saved = outcome(step(reader, {reader.source: stub.ERROR_FIELD}), reader.dest)
         if saved[0] != stub.OK:
             raise LiveError("VMREAD of VM_INSTRUCTION_ERROR failed (%s): no VMCS is current" % saved[0])
         for encoding in wanted:
             statuses[encoding] = outcome(step(reader, {reader.source: encoding}), reader.dest)
-        now = statuses.get(stub.ERROR_FIELD) or outcome(step(reader, {reader.source: stub.ERROR_FIELD}), reader.dest)
-        if now[1] != saved[1] and writer is not None and can_restore:
-            result = outcome(step(writer, {writer.source: stub.ERROR_FIELD, writer.dest: saved[1]}), writer.dest)
-            if result[0] != stub.OK:
-                warnings.append("VM_INSTRUCTION_ERROR could not be written back (%s)" % result[0])
-        statuses[stub.ERROR_FIELD] = (stub.OK, saved[1])
     except BaseException as exc:  # noqa: B902 - restore on every path
         primary = exc
     problems: List[str] = []
+    if saved is not None and saved[0] == stub.OK and writer is not None and can_restore:
+        # put the error field back if a failed VMREAD changed it -- also after a failure above
+        try:
+            now = outcome(step(reader, {reader.source: stub.ERROR_FIELD}), reader.dest)
+            if now[1] != saved[1]:
+                result = outcome(step(writer, {writer.source: stub.ERROR_FIELD, writer.dest: saved[1]}),
+                                 writer.dest)
+                if result[0] != stub.OK:
+                    problems.append("VM_INSTRUCTION_ERROR could not be written back (%s)" % result[0])
+        except Exception as exc:
+            problems.append("putting VM_INSTRUCTION_ERROR back: %s" % _describe(exc))
+    if saved is not None and saved[0] == stub.OK:
+        statuses[stub.ERROR_FIELD] = (stub.OK, saved[1])
     if changed:
         wanted_regs = {name: regs0[name] for name in owned if name in regs0}
         try:

@@ -134,6 +134,14 @@ class ImageTarget(Target):
             raise MemoryReadError(pa, size, "beyond the end of the image (0x%x bytes)" % len(data))
         return bytes(data[pa:pa + size])
 
+    def phys_view(self, pa: int, size: int) -> memoryview:
+        """Zero-copy view for scanners (plain files); a gzip image gives a copy."""
+        if self._gzip is not None or not isinstance(self._map, mmap.mmap):
+            return memoryview(self.read_phys(pa, size))
+        if pa < 0 or size < 0 or pa + size > len(self._map):
+            raise MemoryReadError(pa, size, "beyond the end of the image (0x%x bytes)" % len(self._map))
+        return memoryview(self._map)[pa:pa + size]
+
     def phys_ranges(self) -> List[Tuple[int, int]]:
         """The whole file is one run."""
         size = self.size
@@ -142,7 +150,10 @@ class ImageTarget(Target):
     def close(self) -> None:
         """Unmap and close the file."""
         if isinstance(self._map, mmap.mmap):
-            self._map.close()
+            try:
+                self._map.close()
+            except BufferError:  # a caller still holds a phys_view; the GC unmaps it later
+                pass
         self._map = None
         if self._gzip is not None:
             self._gzip.close()
