@@ -57,6 +57,9 @@ def _vmcs_blocks(doc: Dict[str, Any]) -> List[Block]:
         pairs.append(["VM-instruction error", "%d: %s" % (exit_doc["instruction_error"],
                                                           exit_doc.get("instruction_error_text") or "")])
     blocks: List[Block] = [Heading(title), KeyValues(pairs)]
+    failure = doc.get("entry_failure")
+    if failure:
+        blocks.append(Text("VM-entry checker: " + " ".join(failure.get("lines") or []), style="verdict"))
     for warning in doc.get("warnings", []):
         blocks.append(Text(warning, style="warning"))
     return blocks

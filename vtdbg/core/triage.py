@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional
 from vtdbg.arch.exit_reasons import basic_reason, exit_reason_by_number, is_entry_failure
 from vtdbg.arch.fields import lookup_field
 from vtdbg.core.describe import describe
+from vtdbg.core.check import TargetMemory, explain_failure
 from vtdbg.core.scan import ScanResult, scan
 from vtdbg.core.vmcs import Vmcs, read_vmcs
 from vtdbg.lib.errors import VtdbgError
@@ -139,10 +140,13 @@ def triage(target: Target, scanned: Optional[ScanResult] = None, max_vmcs: int =
         trust = vmcs.trust
         if cand.layout_kind == "hardware":
             trust += "; a CPU may keep the current VMCS on-die, so memory is certain only after VMCLEAR"
+        # a VMCS that records a failed VM entry gets the checker's reading of why (no caps in a
+        # dump: the rules that need capability MSRs are reported as not checked)
+        failure = explain_failure(vmcs, memory=TargetMemory(target))
         decoded.append({"index": index, "pa": cand.pa, "layout": vmcs.layout, "trust": trust,
                         "launch_state": vmcs.launch_state, "nested": cand.nested, "vm": cand.vm,
                         "host_cpu": cand.host_cpu, "last_exit": explain_exit(vmcs), "warnings": list(vmcs.warnings),
-                        "vmcs": vmcs.to_json()})
+                        "entry_failure": failure, "vmcs": vmcs.to_json()})
     report["vmcs_decoded"] = decoded
     if len(result.vmcs) > max_vmcs:
         report.setdefault("notes", []).append("%d more VMCS not decoded here; use `vtdbg vmcs --cpu N`"
