@@ -115,3 +115,23 @@ def test_truncated_gzip_is_a_clean_error(tmp_path):
 def test_missing_file_is_a_clean_error(tmp_path):
     with pytest.raises(TargetError, match="no such"):
         open_target(str(tmp_path / "nothing.img"))
+
+
+def test_recording_with_a_sink_records_breakpoints_by_address():
+    from vtdbg.target.base import Breakpoint, Capability
+
+    class Armed(ImageTarget):
+        capabilities = ImageTarget.capabilities | Capability.BREAKPOINTS
+
+        def break_at(self, address, on_hit):
+            self.armed = address
+            return Breakpoint(address, lambda: setattr(self, "armed", None))
+
+    inner = Armed.from_bytes(MEMORY)
+    sink = io.StringIO()
+    handle = RecordingTarget(inner, sink).break_at(0x1000, lambda cpu: True)
+    assert inner.armed == 0x1000
+    handle.remove()
+    assert inner.armed is None
+    records = [json.loads(line) for line in sink.getvalue().splitlines()[1:]]
+    assert [(r["op"], r["result"]) for r in records] == [("break_at", 0x1000), ("remove_breakpoint", None)]

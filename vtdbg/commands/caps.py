@@ -21,11 +21,11 @@ import json
 from typing import Any, Dict, List, Tuple
 
 from vtdbg.arch.msrs import decode_msr
+from vtdbg.commands.percpu import cpu_selection
 from vtdbg.commands.registry import Context, arguments, command
 from vtdbg.commands.result import Block, Heading, KeyValues, Link, Result, Table, Text, hex_value
 from vtdbg.core.check.caps import Caps
-from vtdbg.lib.errors import UsageError, VtdbgError
-from vtdbg.lib.numbers import parse_int
+from vtdbg.lib.errors import VtdbgError
 from vtdbg.target.base import Capability, Target
 
 BASIC = 0x480
@@ -63,15 +63,7 @@ def _summary(decoded: Dict[str, Any]) -> str:
 
 
 def _cpus(ctx: Context, target: Target) -> List[int]:
-    count = target.cpu_count()
-    if ctx.cpu is None:
-        return [target.current_cpu()]
-    if ctx.cpu.lower() == "all":
-        return list(range(count))
-    cpu = parse_int(ctx.cpu, "CPU number")
-    if not 0 <= cpu < count:
-        raise UsageError("CPU %d does not exist here (%d found)" % (cpu, count))
-    return [cpu]
+    return cpu_selection(ctx, target.cpu_count(), default=target.current_cpu())
 
 
 def read_caps(target: Target, cpu: int) -> Tuple[Dict[str, Any], Dict[str, Any]]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any, Dict, List, Optional, Tuple
 
+from vtdbg.commands.percpu import cpu_selection, vmcs_regions
 from vtdbg.commands.registry import Context, arguments, command
 from vtdbg.commands.result import Block, Heading, KeyValues, Result, Table, Text, hex_value
-from vtdbg.commands.vmcs import _cpu_list, _regions
 from vtdbg.core.check.caps import Caps
 from vtdbg.core.check.checker import check_vmcs, environment_from_target
 from vtdbg.core.check.context import ENVIRONMENT_DEFAULTS, Environment
@@ -174,8 +174,8 @@ def check_cmd(ctx: Context, args: argparse.Namespace) -> Result:
         doc, blocks, warnings = _check_one(vmcs, _load_caps(args, target, cpu), memory, env)
         return Result(doc, blocks, warnings=warnings)
     # the same VMCS-per-CPU choice as `vtdbg vmcs` (profile when symbols allow, else a scan)
-    found = _regions(ctx)
-    cpus = _cpu_list(ctx, len(found))
+    found = vmcs_regions(ctx)
+    cpus = cpu_selection(ctx, len(found))
     several = ctx.cpu is not None and ctx.cpu.lower() == "all"
     docs: List[Dict[str, Any]] = []
     all_blocks: List[Block] = []

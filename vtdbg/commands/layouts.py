@@ -6,16 +6,32 @@ import argparse
 from vtdbg.commands.registry import Context, arguments, command
 from vtdbg.commands.result import Heading, KeyValues, Result, Table, Text
 from vtdbg.layouts.registry import ALIASES, all_layouts, get_layout
+from vtdbg.target.base import Capability
 
 
 def _ids(ids: tuple) -> str:
     return ", ".join("0x%x" % r for r in ids)
 
 
-@command("layouts", help="list the known in-memory VMCS layouts",
-         examples=["vtdbg layouts", "vtdbg layouts --json"])
+def _layouts_args(parser: argparse.ArgumentParser) -> None:
+    from vtdbg.commands.discover import _args as discover_args
+
+    parser.add_argument("action", nargs="?", choices=["discover"],
+                        help="discover: measure the live CPU's layout (same as `vtdbg discover-layout`)")
+    discover_args(parser)
+
+
+@command("layouts", help="list the known in-memory VMCS layouts (or `layouts discover` the CPU's own)",
+         examples=["vtdbg layouts", "vtdbg layouts --json",
+                   "vtdbg --target bochs:lab.bxrc layouts discover --scratch 0x1F0000 --save"])
+@arguments(_layouts_args)
 def layouts_cmd(ctx: Context, args: argparse.Namespace) -> Result:
     """Every built-in and user layout with its revision ids and provenance."""
+    if args.action == "discover":
+        from vtdbg.commands.discover import discover_cmd
+
+        ctx.target.require(Capability.PHYS_READ | Capability.WRITE | Capability.LIVE, "`layouts discover`")
+        return discover_cmd(ctx, args)
     layouts, warnings = all_layouts()
     data = [{"name": l.name, "revision_ids": list(l.revision_ids), "source": l.source, "kind": l.kind,
              "auto": l.auto, "fields": len(l.fields), "builtin": l.builtin, "title": l.title} for l in layouts]

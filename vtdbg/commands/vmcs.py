@@ -6,6 +6,7 @@ from typing import Any, Dict, List, Optional
 
 from vtdbg.arch.fields import VmcsField, all_fields, lookup_field, resolve_field
 from vtdbg.commands import _live
+from vtdbg.commands.percpu import CpuOutcome, cpu_selection, run_per_cpu, vmcs_regions
 from vtdbg.commands.registry import COMMANDS, Context, arguments, command
 from vtdbg.commands.result import Block, Heading, KeyValues, Link, Result, Table, Text, hex_value
 from vtdbg.core.describe import describe, describe_access_rights
@@ -70,8 +71,9 @@ def _segment_table(vmcs: Vmcs) -> Optional[Table]:
     return Table(["segment", "selector", "base", "limit", "access", "decoded"], rows, title="Guest segments")
 
 
-def vmcs_blocks(vmcs: Vmcs, show_all: bool = False) -> List[Block]:
-    """The text view of a VMCS, grouped like KVM's dump_vmcs."""
+def vmcs_blocks(vmcs: Vmcs, show_all: bool = False, failure: Optional[Dict[str, Any]] = None) -> List[Block]:
+    """The text view of a VMCS, grouped like KVM's dump_vmcs; ``failure`` is the VM-entry
+    checker's explanation of a recorded failure (vtdbg.core.check.explain_failure)."""
     blocks: List[Block] = []
     where = hex_value(vmcs.address) if vmcs.address is not None else "-"
     conf = "" if vmcs.layout_confidence is None else " (confidence %.2f)" % vmcs.layout_confidence
@@ -94,6 +96,8 @@ def vmcs_blocks(vmcs: Vmcs, show_all: bool = False) -> List[Block]:
         if reason is not None and reason >> 31:
             what.append("VM-entry failure, exit reason %s" % describe(lookup_field("VM_EXIT_REASON"), reason))
         blocks.append(Text("Attention: " + "; ".join(what) + "." + hint, style="warning"))
+        if failure and failure.get("lines"):
+            blocks.append(Text("VM-entry checker: " + " ".join(failure["lines"]), style="verdict"))
     segment_fields = _segment_names()
     by_type: Dict[str, List[VmcsField]] = {}
     for field in all_fields():
@@ -142,29 +146,9 @@ def _vmcs_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", nargs=2, metavar=("FIELD", "VALUE"),
                         help="VMWRITE VALUE into FIELD of the current VMCS (live targets; needs --yes)")
     parser.add_argument("--yes", action="store_true", help="confirm --set: it changes the hypervisor's VMCS")
+    parser.add_argument("--save-snapshot", metavar="FILE",
+                        help="also write the VMCS (and the memory the VM-entry checker reads) as a snapshot file")
     _live.add_live_arguments(parser)
-
-
-def _cpu_list(ctx: Context, count: int) -> List[int]:
-    if ctx.cpu is None:
-        return [0]
-    if ctx.cpu.lower() == "all":
-        return list(range(count))
-    cpu = parse_int(ctx.cpu, "CPU number")
-    if not 0 <= cpu < count:
-        raise UsageError("CPU %d does not exist here (%d found)" % (cpu, count))
-    return [cpu]
-
-
-def _regions(ctx: Context) -> List[int]:
-    """VMCS addresses per CPU: from the target profile when symbols allow, else a scan."""
-    from vtdbg.core.regions import find_regions
-
-    found = find_regions(ctx.target, warnings=ctx.warnings)
-    pas = [r.vmcs_pa for r in found if r.vmcs_pa is not None]
-    if not pas:
-        raise VtdbgError("no VMCS found in %s; give --at PA" % ctx.target.description)
-    return pas
 
 
 @command("vmcs", help="decode a VMCS region: controls, guest/host state, last exit",
@@ -192,31 +176,30 @@ def vmcs_cmd(ctx: Context, args: argparse.Namespace) -> Result:
     if args.at is not None:
         if ctx.cpu is not None:
             raise UsageError("--at names one region; drop --cpu")
-        vmcs = read_vmcs(ctx.target, parse_address(args.at), args.layout)
-        return Result(vmcs.to_json(), vmcs_blocks(vmcs, args.all), warnings=list(vmcs.warnings))
-    regions = _regions(ctx)
-    cpus = _cpu_list(ctx, len(regions))
-    if ctx.cpu is None or ctx.cpu.lower() != "all":
-        vmcs = read_vmcs(ctx.target, regions[cpus[0]], args.layout)
-        doc = vmcs.to_json()
-        doc["cpu"] = cpus[0]
-        return Result(doc, [Heading("CPU %d" % cpus[0])] + vmcs_blocks(vmcs, args.all),
-                      warnings=list(vmcs.warnings))
-    docs: List[Dict[str, Any]] = []
-    blocks: List[Block] = []
-    for cpu in cpus:
-        try:
-            vmcs = read_vmcs(ctx.target, regions[cpu], args.layout)
-        except VtdbgError as exc:
-            docs.append({"cpu": cpu, "error": str(exc)})
-            blocks += [Heading("CPU %d" % cpu), Text("error: %s" % exc, style="warning")]
-            continue
-        doc = vmcs.to_json()
-        doc["cpu"] = cpu
-        docs.append(doc)
-        blocks += [Heading("CPU %d" % cpu)] + vmcs_blocks(vmcs, args.all)
-    all_failed = all("error" in d for d in docs)
-    return Result(docs, blocks, exit_code=2 if all_failed else 0)
+        doc, blocks, warnings = _memory_one(ctx, args, parse_address(args.at))
+        return Result(doc, blocks, warnings=warnings)
+    regions = vmcs_regions(ctx)
+    cpus = cpu_selection(ctx, len(regions))
+    if args.save_snapshot and len(cpus) > 1:
+        raise UsageError("--save-snapshot writes one VMCS; pick it with --cpu N or --at PA")
+    return run_per_cpu(ctx, cpus, lambda cpu: _memory_one(ctx, args, regions[cpu]))
+
+
+def _memory_one(ctx: Context, args: argparse.Namespace, pa: int) -> CpuOutcome:
+    """Decode the region at ``pa``; explain a recorded VM-entry failure; save a snapshot."""
+    from vtdbg.core.check import TargetMemory, explain_failure
+
+    vmcs = read_vmcs(ctx.target, pa, args.layout)
+    doc = vmcs.to_json()
+    failure = explain_failure(vmcs, memory=TargetMemory(ctx.target))
+    doc["entry_failure"] = failure
+    blocks = vmcs_blocks(vmcs, args.all, failure)
+    if args.save_snapshot:
+        from vtdbg.core.check.snapshot import save_snapshot
+
+        save_snapshot(vmcs, args.save_snapshot, memory=TargetMemory(ctx.target))
+        blocks.append(Text("snapshot written to %s (for `vtdbg check --snapshot`)" % args.save_snapshot))
+    return doc, blocks, list(vmcs.warnings)
 
 
 # -- live reads and writes ------------------------------------------------------------------------
@@ -334,15 +317,28 @@ def _set_cmd(ctx: Context, args: argparse.Namespace) -> Result:
 
 
 def _vmxon_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--at", metavar="PA", required=True, help="physical address of the VMXON region")
+    from vtdbg.commands.check import _vmxon_args as readiness_args
+
+    parser.add_argument("--check", action="store_true",
+                        help="check that VMXON can succeed (CPUID, IA32_FEATURE_CONTROL, CR0/CR4 fixed bits, "
+                             "region alignment and revision id, address width): same as `vtdbg vmxon-check`")
+    readiness_args(parser)  # --at, --caps, --cr0, --cr4, --cpl, --region-header, --maxphyaddr
 
 
-@command("vmxon", help="decode a VMXON region (revision id, shadow bit, contents)",
-         examples=["vtdbg vmxon --image lab.img --at 0x20000", "vtdbg vmxon --image lab.img --at 0x20000 --json"],
-         needs=Capability.PHYS_READ)
+@command("vmxon", help="decode a VMXON region, or with --check say whether VMXON can succeed",
+         examples=["vtdbg vmxon --image lab.img --at 0x20000", "vtdbg vmxon --image lab.img --at 0x20000 --json",
+                   "vtdbg vmxon --check --caps caps.json --cr0 0x80050033 --cr4 0x2620 --at 0x20000"])
 @arguments(_vmxon_args)
 def vmxon_cmd(ctx: Context, args: argparse.Namespace) -> Result:
     """The VMXON region's header; the rest of its format is implementation-specific."""
+    if args.check:
+        from vtdbg.commands.check import vmxon_check
+
+        return vmxon_check(ctx, args.caps, args.cr0, args.cr4, args.cpl, args.at, args.region_header,
+                           args.maxphyaddr)
+    if args.at is None:
+        raise UsageError("give --at PA (the VMXON region), or --check for the VMXON readiness checks")
+    ctx.target.require(Capability.PHYS_READ, "`vmxon`")
     pa = parse_address(args.at)
     if pa & 0xFFF:
         raise UsageError("0x%x is not 4 KiB aligned; VMXON regions are page aligned (SDM 24.11.5)" % pa)

@@ -12,8 +12,8 @@ from typing import Any, Dict, List, Optional
 
 from vtdbg.arch.exit_reasons import basic_reason, exit_reason_by_number, is_entry_failure
 from vtdbg.arch.fields import lookup_field
-from vtdbg.core.describe import describe
 from vtdbg.core.check import TargetMemory, explain_failure
+from vtdbg.core.describe import describe
 from vtdbg.core.scan import ScanResult, scan
 from vtdbg.core.vmcs import Vmcs, read_vmcs
 from vtdbg.lib.errors import VtdbgError

@@ -198,8 +198,14 @@ class RecordingTarget(Target):
 
     def break_at(self, address: int, on_hit: Callable[[int], bool]) -> Breakpoint:
         """Forwarded; the removal is recorded too."""
-        handle = self._call("break_at", {"address": address}, lambda: self.inner.break_at(address, on_hit))
-        return Breakpoint(address, lambda: self._call("remove_breakpoint", {"address": address}, handle.remove))
+        handles: List[Breakpoint] = []
+
+        def arm() -> int:
+            handles.append(self.inner.break_at(address, on_hit))
+            return address  # the record holds the address; the live handle stays here
+
+        self._call("break_at", {"address": address}, arm)
+        return Breakpoint(address, lambda: self._call("remove_breakpoint", {"address": address}, handles[0].remove))
 
     def resume(self) -> None:
         """Forwarded and recorded."""
