@@ -62,3 +62,9 @@ def test_reference_commands_do_not_load_colour_or_shell_libraries():
             "assert not bad, bad\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_generated_reference_docs_are_current():
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_docs.py"), "--check"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
