@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from vtdbg.lib.bits import rotl32, rotr32
 from vtdbg.lib.errors import LayoutError
+from vtdbg.lib.numbers import json_int
 
 SCHEMA = "vtdbg-layout/1"
 REGION_SIZE = 4096
@@ -145,16 +146,10 @@ class Layout:
 
 
 def _as_int(value: Any, what: str) -> int:
-    if isinstance(value, bool):
+    number = json_int(value)
+    if number is None:
         raise LayoutError("%s: expected an integer, got %r" % (what, value))
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(value, 0)
-        except ValueError:
-            pass
-    raise LayoutError("%s: expected an integer, got %r" % (what, value))
+    return number
 
 
 def parse_layout(doc: Any, path: str = "", builtin: bool = True) -> Layout:

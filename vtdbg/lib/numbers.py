@@ -5,6 +5,8 @@ backticks inside 64-bit addresses (``fffff800`00001000`` style, with ``0x``) are
 """
 from __future__ import annotations
 
+from typing import Optional
+
 from vtdbg.lib.errors import UsageError
 
 NUMBER_HELP = "numbers: decimal by default, 0x for hex (0n decimal and ` separators accepted)"
@@ -45,3 +47,19 @@ def looks_numeric(text: str) -> bool:
     except UsageError:
         return False
     return True
+
+
+def json_int(value: object) -> Optional[int]:
+    """An integer written in a data file (layouts, profiles, caps, snapshots): a JSON number
+    or a "0x..."/decimal string.  None when ``value`` is anything else (booleans included),
+    so each caller raises the error of its own domain."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip(), 0)
+        except ValueError:
+            return None
+    return None

@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from vtdbg.layouts.registry import vtdbg_home
 from vtdbg.lib.errors import VtdbgError
+from vtdbg.lib.numbers import json_int
 
 SCHEMA = "vtdbg-profile/1"
 _BUILTIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -171,8 +172,10 @@ def _int(value: Any, where: str, allow_none: bool = True) -> Optional[int]:
         if allow_none:
             return None
         raise ProfileError("%s: a number is required" % where)
-    if isinstance(value, bool):
-        raise ProfileError("%s: expected a number, not %r" % (where, value))
+    number = json_int(value)
+    if number is not None:
+        return number
+    raise ProfileError("%s: expected a number, not %r" % (where, value))
     if isinstance(value, int):
         return value
     if isinstance(value, str):
