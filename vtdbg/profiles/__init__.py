@@ -176,14 +176,6 @@ def _int(value: Any, where: str, allow_none: bool = True) -> Optional[int]:
     if number is not None:
         return number
     raise ProfileError("%s: expected a number, not %r" % (where, value))
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(value, 0)
-        except ValueError:
-            pass
-    raise ProfileError("%s: expected a number, not %r" % (where, value))
 
 
 def _names(value: Any, where: str) -> Tuple[str, ...]:
