@@ -287,15 +287,9 @@ def _align(value: int, to: int) -> int:
 
 
 def set_registers(target: Target, values: Dict[str, int]) -> None:
-    """Set several registers: one call when the target batches (an optional
-    ``set_registers``), else one ``set_register`` each (only the outermost target is asked,
-    so a RecordingTarget still records every change)."""
-    batch = getattr(target, "set_registers", None)
-    if callable(batch):
-        batch(dict(values))
-        return
-    for name, value in values.items():
-        target.set_register(name, value)
+    """Set several registers through the protocol's batch call (Bochs packs them into one
+    debugger line; other backends set them one by one)."""
+    target.set_registers(dict(values))
 
 
 class StubRunner:

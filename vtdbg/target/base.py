@@ -128,6 +128,12 @@ class Target:
         """Change one register of the current CPU."""
         raise CapabilityError("%s target cannot change registers" % self.kind)
 
+    def set_registers(self, values: Dict[str, int]) -> None:
+        """Change several registers of the current CPU; backends that can batch the change
+        into fewer transactions override this (one ``set_register`` per entry otherwise)."""
+        for name, value in values.items():
+            self.set_register(name, value)
+
     def cpu_count(self) -> int:
         """Number of logical CPUs the target knows (1 for images without CPU context)."""
         return 1

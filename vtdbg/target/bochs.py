@@ -312,26 +312,42 @@ class BochsTarget(Target):
         register names only while the CPU is in 64-bit mode (the 32-bit name is used
         otherwise, if the value fits).
         """
-        reg = name.lower()
-        if reg in _FLAG_NAMES:
-            bochs_name = "$eflags"
-        elif reg in _SETTABLE:
-            bochs_name = reg
-            if reg in _GPRS and not self._long_mode(self.registers()):
-                if reg not in NARROW or value >> 32:
-                    raise TargetError("Bochs sets %s only in 64-bit mode; the CPU is not in 64-bit mode" % name)
-                bochs_name = NARROW[reg]
-        else:
-            raise TargetError("Bochs's debugger cannot change %s (its `set` covers general registers, rip, "
-                              "rflags and segment selectors)" % name)
-        if value < 0:
-            raise TargetError("register values are unsigned")
+        self.set_registers({name: value})
+
+    def set_registers(self, values: Dict[str, int]) -> None:
+        """Change several registers with as few debugger lines as Bochs keeps whole (one
+        line for a typical stub set-up, instead of one per register)."""
+        if not values:
+            return
+        long_mode: Optional[bool] = None
+        commands: List[str] = []
+        for name, value in values.items():
+            reg = name.lower()
+            if reg in _FLAG_NAMES:
+                bochs_name = "$eflags"
+            elif reg in _SETTABLE:
+                bochs_name = reg
+                if reg in _GPRS:
+                    if long_mode is None:  # asked once per batch (cached until the next stop)
+                        long_mode = self._long_mode(self.registers())
+                    if not long_mode:
+                        if reg not in NARROW or value >> 32:
+                            raise TargetError("Bochs sets %s only in 64-bit mode; the CPU is not in 64-bit mode"
+                                              % name)
+                        bochs_name = NARROW[reg]
+            else:
+                raise TargetError("Bochs's debugger cannot change %s (its `set` covers general registers, rip, "
+                                  "rflags and segment selectors)" % name)
+            if value < 0:
+                raise TargetError("register values are unsigned")
+            commands.append("set %s = 0x%x" % (bochs_name, value))
         try:
-            answer = self.command("set %s = 0x%x" % (bochs_name, value)).strip()
+            for line in pack_lines([[c] for c in commands]):
+                answer = self.command(line).strip()
+                if answer:
+                    raise TargetError("Bochs refused `%s`: %s" % (line, answer.splitlines()[0]))
         finally:
             self.stop_generation += 1
-        if answer:
-            raise TargetError("Bochs refused `set %s`: %s" % (bochs_name, answer.splitlines()[0]))
 
     def vmx_state(self) -> Dict[str, Any]:
         """Bochs's own VMX state of the current CPU: ``vmcsptr`` and ``vmxonptr`` (None when

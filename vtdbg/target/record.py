@@ -162,6 +162,10 @@ class RecordingTarget(Target):
         """Forwarded and recorded."""
         self._call("set_register", {"name": name, "value": value}, lambda: self.inner.set_register(name, value))
 
+    def set_registers(self, values: Dict[str, int]) -> None:
+        """Forwarded and recorded as one call."""
+        self._call("set_registers", {"values": dict(values)}, lambda: self.inner.set_registers(values))
+
     def cpu_count(self) -> int:
         """Forwarded and recorded."""
         return int(self._call("cpu_count", {}, self.inner.cpu_count))
