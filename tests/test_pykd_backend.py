@@ -531,6 +531,17 @@ COMMANDS = [
     ("caps",),
     ("caps", "--cpu", "all"),
     ("caps", "--cpu", "2"),
+    # the rest of the target commands, so the whole set runs against the stand-in
+    ("vmxon", "--at", "VMXON"),
+    ("vmxon", "--check", "--at", "VMXON"),
+    ("check", "--at", "VMCS"),
+    ("check", "--cpu", "all"),
+    ("regions", "--cpu", "all"),
+    ("ept", "--at", "VMCS", "0x600123"),
+    ("msr-bitmap", "--at", "VMCS"),
+    ("io-bitmap", "--at", "VMCS"),
+    ("scan",),
+    ("triage",),
 ]
 FAULTS = [
     None,
@@ -552,9 +563,12 @@ def test_commands_leave_the_target_as_they_found_it(pykd, argv, fault):
     if fault is not None:
         name, exc_name, after = fault
         sim.inject(name, getattr(pykd, exc_name)("injected %s failure" % name), after)
-    args = [hex(truth["vmcs_pa"]) if a == "VMCS" else a for a in argv]
+    places = {"VMCS": hex(truth["vmcs_pa"]), "VMXON": hex(truth["vmxon_pa"])}
+    args = [places.get(a, a) for a in argv]
     status, out, err = cli(PykdTarget(pykd), *args, "--json")
     assert status in (0, 2), err
+    if fault is None:
+        assert status == 0, err  # without a fault every command works on the stand-in
     assert "internal error" not in err and "Traceback" not in err
     assert sim.snapshot() == before
 

@@ -180,6 +180,7 @@ def check_cmd(ctx: Context, args: argparse.Namespace) -> Result:
     docs: List[Dict[str, Any]] = []
     all_blocks: List[Block] = []
     all_warnings: List[str] = []
+    failures = 0  # counted apart: every checker result has an "error" key of its own
     for cpu in cpus:
         try:
             vmcs = read_vmcs(target, found[cpu], args.layout)
@@ -192,6 +193,7 @@ def check_cmd(ctx: Context, args: argparse.Namespace) -> Result:
         except VtdbgError as exc:
             if not several:
                 raise
+            failures += 1
             docs.append({"cpu": cpu, "error": str(exc)})
             all_blocks += [Heading("CPU %d" % cpu), Text("error: %s" % exc, style="warning")]
             continue
@@ -201,7 +203,7 @@ def check_cmd(ctx: Context, args: argparse.Namespace) -> Result:
         all_warnings += warnings
     if not several:
         return Result(docs[0], all_blocks, warnings=all_warnings)
-    return Result(docs, all_blocks, warnings=all_warnings, exit_code=2 if all("error" in d for d in docs) else 0)
+    return Result(docs, all_blocks, warnings=all_warnings, exit_code=2 if failures == len(cpus) else 0)
 
 
 # -- vmxon-check ---------------------------------------------------------------------------------
