@@ -2,10 +2,18 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import List, Tuple
 
 import pytest
+from hypothesis import settings
+
+# CI runs property tests derandomized (the same examples every run), so a red CI always
+# means a real regression; developers' runs keep exploring new examples
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

@@ -371,8 +371,9 @@ field_mutation("GUEST-INTR-RSVD", "GUEST_INTERRUPTIBILITY_INFO", lambda c: st.in
     5 if c.default("sgx") else 4, 31).map(lambda b: 1 << b))
 field_mutation("GUEST-INTR-STI-MOVSS", "GUEST_INTERRUPTIBILITY_INFO", lambda c: st.just(3))
 field_mutation("GUEST-INTR-SMI-NOT-SMM", "GUEST_INTERRUPTIBILITY_INFO", lambda c: st.just(4))
+# bit 16 is reserved only without RTM; with RTM it belongs to GUEST-PENDDBG-RTM
 field_mutation("GUEST-PENDDBG-RSVD", "GUEST_PENDING_DBG_EXCEPTIONS", lambda c: st.sampled_from(
-    list(range(4, 12)) + [13, 15] + list(range(16, 64))).map(lambda b: 1 << b))
+    list(range(4, 12)) + [13, 15] + ([] if c.default("rtm") else [16]) + list(range(17, 64))).map(lambda b: 1 << b))
 field_mutation("GUEST-LINK-PTR-ADDR", "VMCS_LINK_POINTER", lambda c: misaligned_or_wide(c).filter(
     lambda v: v != MASK64))
 field_mutation("GUEST-LINK-PTR-SELF", "VMCS_LINK_POINTER", lambda c: st.just(VMCS_PA))
