@@ -83,9 +83,10 @@ class Target:
         """Raise :class:`CapabilityError` naming ``what`` unless ``caps`` are supported."""
         missing = [n for n in capability_names(caps) if Capability[n] not in self.capabilities]
         if missing:
+            article = "an" if self.kind[:1] in "aeiou" else "a"
             raise CapabilityError(
-                "%s needs %s, which a %s target does not provide"
-                % (what, "+".join(m.lower() for m in missing), self.kind)
+                "%s needs %s, which %s %s target does not provide"
+                % (what, "+".join(m.lower() for m in missing), article, self.kind)
             )
 
     # -- memory ---------------------------------------------------------------------------
