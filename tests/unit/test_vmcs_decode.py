@@ -98,3 +98,12 @@ def test_confidence_threshold_is_meaningful():
     page = get_layout("bochs_2_7").build_page(_values())
     assert choose_layout(page).confidence >= MIN_CONFIDENCE
     assert choose_layout(page, "bochs_2_8_3_0").confidence < MIN_CONFIDENCE
+
+
+def test_information_fields_are_not_over_decoded():
+    from vtdbg.core.describe import decode_bits
+
+    assert decode_bits("interruption_info", 0) == ["not valid"]
+    # the lab's #PF exit: vector 14, hardware exception, error code delivered
+    assert decode_bits("interruption_info", 0x80000B0E) == ["vector=14", "type=hardware exception",
+                                                            "error_code_valid", "valid"]

@@ -50,6 +50,20 @@ def _value_cell(field: VmcsField, value: int) -> Any:
     return text
 
 
+def _undefined_for_exit(name: str, values: Dict[int, int]) -> bool:
+    """True when the recorded exit reason defines no layout for this information field, so
+    its value is whatever an earlier exit left (SDM: such fields are not modified)."""
+    from vtdbg.core.describe import instruction_info_layout, qualification_layout
+
+    if lookup_field("VM_EXIT_REASON").encoding not in values:
+        return False
+    if name == "EXIT_QUALIFICATION":
+        return qualification_layout(values) is None
+    if name == "VMX_INSTRUCTION_INFO":
+        return instruction_info_layout(values) is None
+    return False
+
+
 def _segment_table(vmcs: Vmcs) -> Optional[Table]:
     rows = []
     for seg in SEGMENTS:
@@ -114,7 +128,10 @@ def vmcs_blocks(vmcs: Vmcs, show_all: bool = False, failure: Optional[Dict[str, 
             if not show_all and value == 0 and field.name not in ALWAYS:
                 continue
             name = field.name + (" (?)" if uncertain else "")
-            rows.append([name, _value_cell(field, value), describe(field, value, vmcs.values)])
+            meaning = describe(field, value, vmcs.values)
+            if value and not meaning and _undefined_for_exit(field.name, vmcs.values):
+                meaning = "not defined for this exit (left over from an earlier one)"
+            rows.append([name, _value_cell(field, value), meaning])
         blocks.append(Heading(title))
         if kind == "guest":
             table = _segment_table(vmcs)

@@ -19,8 +19,14 @@ def _enc(name: str) -> int:
 def decode_bits(layout_name: str, value: int) -> List[str]:
     """Short words for a bitfield value: set flags by name, multi-bit fields as name=value."""
     layout = bitfields.layout(layout_name)
+    decoded = layout.decode(value)
+    # formats with a valid bit (interruption information, IDT vectoring) mean nothing while
+    # it is clear (the SDM ignores the other bits); decoding the zero "type" as "external
+    # interrupt" would mislead
+    if any(d.field.name == "valid" and d.field.width == 1 and not d.value for d in decoded):
+        return ["not valid"]
     words: List[str] = []
-    for item in layout.decode(value):
+    for item in decoded:
         if not item.applies:
             continue
         if item.field.width == 1 and not item.field.values:
