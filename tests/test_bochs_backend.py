@@ -132,6 +132,23 @@ def test_stop_split_keeps_console_text_that_lacks_a_newline():
     assert console == "" and report is not None and report.kind == "breakpoint" and report.breakpoint == 2
     assert report.cpu == 1 and set(report.cpus) == {0, 1}
     assert bp.split_stop("no stop here")[1] is None
+    # with two CPUs, CPU 1's header comes among the CPU lines, after "Next at t="
+    console, report, rest = bp.split_stop("AP done\nNext at t=9\n"
+                                          "(0) [0x00000000c419] 0008:000000000000c419 (unk. ctxt): loop .-5 ; e2fb\n"
+                                          "(1) Caught VMEXIT breakpoint\n"
+                                          "(1) [0x00000000c603] 0008:000000000000c603 (unk. ctxt): nop ; 90\n")
+    assert console == "AP done\n" and report is not None and report.kind == "vmexit" and report.cpu == 1
+    assert report.cpus[1][2] == 0xC603 and report.cpus[0][2] == 0xC419 and rest == ""
+    _, report, _ = bp.split_stop("Next at t=5\n(0) [0x0000bb00] 0008:bb00 (unk. ctxt): nop ; 90\n"
+                                 "(1) Breakpoint 3, 0x000000000000c603 in ?? ()\n"
+                                 "(1) [0x0000c603] 0008:c603 (unk. ctxt): nop ; 90\n")
+    assert report is not None and (report.kind, report.cpu, report.breakpoint) == ("breakpoint", 1, 3)
+    # a debugger complaint between the CPU lines does not end the report
+    _, report, _ = bp.split_stop("(0) Caught write watch point at 0x0000fee00300\nNext at t=7\n"
+                                 "(0) [0x0000000e1af6] 0010:00000000000e1af6 (unk. ctxt): nop ; 90\n"
+                                 "bx_dbg_read_pmode_descriptor: selector (0xf000) > GDT size limit\n"
+                                 "(1) [0x0000fffffff0] f000:fff0 (unk. ctxt): jmpf 0xf000:e05b ; ea5be000f0\n")
+    assert report is not None and report.kind == "other" and set(report.cpus) == {0, 1}
 
 
 def test_param_tree_and_vmx_summary():

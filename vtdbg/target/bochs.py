@@ -28,6 +28,7 @@ revision id 0x2B with different layouts), hence :attr:`BochsTarget.preferred_lay
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
@@ -65,6 +66,7 @@ _SETTABLE = _GPRS | set(NARROW.values()) | {"cs", "ds", "es", "fs", "gs", "ss", 
 _FLAG_NAMES = {"rflags", "eflags", "flags"}
 
 OnHit = Callable[[int], bool]
+_WATCH_AT = re.compile(r"watch point at 0x([0-9a-fA-F]+)")
 
 
 class BochsTarget(Target):
@@ -107,7 +109,13 @@ class BochsTarget(Target):
         self.console_dropped = 0
         self._regs: Dict[Tuple[int, int], Dict[str, int]] = {}
         self._breakpoints: Dict[int, Tuple[Breakpoint, OnHit]] = {}
-        self._vmexit_break = False
+        #: CPU -> state of its ``vmexitbp`` flag as last set (Bochs keeps one per CPU)
+        self._vmexit_break: Dict[int, bool] = {}
+        self._toggle_answers: List[str] = []
+        #: physical address of the local-APIC ICR watched while VM-exit stops are on (SMP)
+        self._icr_watch: Optional[int] = None
+        #: times a CPU's VM-exit stop was found cleared (by an INIT) and switched on again
+        self.vmexit_rearms = 0
         self._msrs: Dict[Tuple[int, int], int] = {}
         self._cpuid: Dict[Tuple[int, int, int], Tuple[int, int, int, int]] = {}
         self._maxphyaddr: Optional[int] = None
@@ -512,16 +520,83 @@ class BochsTarget(Target):
             self.command("d %d" % number)
 
     def set_vmexit_break(self, enabled: bool) -> None:
-        """Make runs stop after every VM exit (Bochs's ``vmexitbp`` toggle), or not."""
-        if enabled == self._vmexit_break:
+        """Make runs stop after every VM exit of every CPU (Bochs's ``vmexitbp``), or not.
+
+        ``vmexitbp`` toggles the flag of the debugger's current CPU only, so every CPU is
+        switched in one line (``set $cpu = N; vmexitbp; ...``, the current CPU restored).
+        An INIT resets a CPU, flag included (Bochs 2.7 ``BX_CPU_C::reset``), and an OS or
+        hypervisor starts its other CPUs with INIT-SIPI-SIPI: on a machine with several
+        CPUs a write watchpoint on the local APIC's ICR therefore stops every run right
+        after an IPI is sent, and :meth:`_run_until` switches cleared flags on again and
+        continues (the woken CPU is still waiting for its SIPI then).
+        """
+        wrong = [cpu for cpu in range(self._cpus) if self._vmexit_break.get(cpu, False) != enabled]
+        for _attempt in range(2):
+            if not wrong:
+                break
+            states = self._toggle_vmexit(wrong)
+            wrong = [cpu for cpu in wrong if states[cpu] != enabled]
+        if wrong:
+            raise TargetError("vmexitbp did not switch CPU %s %s" % (wrong, "on" if enabled else "off"))
+        if self._cpus > 1:
+            self._watch_icr(enabled)
+
+    def _toggle_vmexit(self, cpus: Sequence[int], times: int = 1) -> Dict[int, bool]:
+        """Toggle the ``vmexitbp`` flag of ``cpus`` ``times`` times each (one line); returns
+        each CPU's state after its last toggle and records it."""
+        commands: List[str] = []
+        for cpu in cpus:
+            if self._cpus > 1:
+                commands.append("set $cpu = %d" % cpu)
+            commands += ["vmexitbp"] * times
+        if self._cpus > 1:
+            commands.append("set $cpu = %d" % self._cpu)
+        answer = self.command("; ".join(commands))
+        words = [w for w in answer.split() if w in ("enabled", "disabled")]
+        if len(words) != len(cpus) * times:
+            raise TargetError("unexpected answer to vmexitbp: %s" % answer.strip()[:160])
+        states = {}
+        for index, cpu in enumerate(cpus):
+            states[cpu] = words[index * times + times - 1] == "enabled"
+            self._vmexit_break[cpu] = states[cpu]
+        self._toggle_answers = words
+        return states
+
+    def _rearm_vmexit(self) -> None:
+        """After an IPI: switch on again the VM-exit stops an INIT cleared (one line when
+        none was cleared, two otherwise)."""
+        armed = [cpu for cpu in range(self._cpus) if self._vmexit_break.get(cpu)]
+        if not armed:
             return
-        answer = self.command("vmexitbp")
-        state = "enabled" in answer
-        if "disabled" not in answer and not state:
-            raise TargetError("unexpected answer to vmexitbp: %s" % answer.strip()[:120])
-        self._vmexit_break = state
-        if state != enabled:
-            self.set_vmexit_break(enabled)
+        self._toggle_vmexit(armed, times=2)
+        words = self._toggle_answers
+        # a flag that was on answers "disabled, enabled"; one an INIT cleared "enabled, disabled"
+        cleared = [cpu for index, cpu in enumerate(armed) if words[2 * index] == "enabled"]
+        if cleared:
+            self.vmexit_rearms += len(cleared)
+            self.set_vmexit_break(True)
+
+    def _watch_icr(self, enabled: bool) -> None:
+        if enabled and self._icr_watch is None:
+            try:
+                base = self._param_msr(0x1B) & ~0xFFF
+            except TargetError:
+                base = 0xFEE00000
+            address = base + 0x300
+            answer = self.command("watch w 0x%x 4" % address)
+            if "inserted" not in answer:
+                raise TargetError("Bochs did not set a watchpoint on the APIC ICR: %s" % answer.strip()[:160])
+            self._icr_watch = address
+        elif not enabled and self._icr_watch is not None:
+            address, self._icr_watch = self._icr_watch, None
+            if self._ended is None and self._bochs.alive:
+                self.command("unwatch 0x%x" % address)
+
+    def _is_icr_stop(self, event: Dict[str, Any]) -> bool:
+        if self._icr_watch is None or event["event"] != "other":
+            return False
+        match = _WATCH_AT.search(event.get("detail") or "")
+        return match is not None and int(match.group(1), 16) == self._icr_watch
 
     # -- running ------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -585,6 +660,9 @@ class BochsTarget(Target):
             printed.append(event["console"])
             kind = event["event"]
             if kind == "magic" and skip_magic:
+                continue
+            if self._is_icr_stop(event):
+                self._rearm_vmexit()
                 continue
             if kind == "breakpoint":
                 entry = self._breakpoints.get(event["breakpoint"] or -1)

@@ -258,6 +258,21 @@ _HEADER = re.compile(r"\((\d+)\) (Magic breakpoint|Caught VMEXIT breakpoint|Caug
                      r"|Watchpoint[^\n]*)\r?\n$")
 
 
+_INNER_HEADER = re.compile(r"^\((\d+)\) (Magic breakpoint|Caught VMEXIT breakpoint|Caught [^\n]*"
+                           r"|Breakpoint (\d+),[^\n]*|Watchpoint[^\n]*)$")
+
+
+def _header_kind(words: str, number: Optional[str]) -> Tuple[str, Optional[int]]:
+    """(kind, breakpoint number) of a stop header's words."""
+    if words.startswith("Magic"):
+        return "magic", None
+    if words.startswith("Caught VMEXIT"):
+        return "vmexit", None
+    if number is not None:
+        return "breakpoint", int(number)
+    return "other", None
+
+
 @dataclass
 class StopReport:
     """What Bochs printed when the simulation stopped."""
@@ -289,30 +304,38 @@ def split_stop(text: str) -> Tuple[str, Optional[StopReport], str]:
     if header is not None:
         console = before[:header.start()]
         cpu: Optional[int] = int(header.group(1))
-        words = header.group(2)
-        if words.startswith("Magic"):
-            kind = "magic"
-        elif words.startswith("Caught VMEXIT"):
-            kind = "vmexit"
-        elif header.group(3) is not None:
-            kind = "breakpoint"
-        else:
-            kind = "other"
+        kind, bp = _header_kind(header.group(2), header.group(3))
         head_text = header.group(0).strip()
-        bp = int(header.group(3)) if header.group(3) else None
     else:
         console, cpu, kind, head_text, bp = before, None, "step", "", None
-    # the report's CPU lines follow "Next at t="; anything after them is later output
+    # the report's CPU lines follow "Next at t="; anything after them is later output.  With
+    # several CPUs, the header of a CPU other than 0 comes among them, right before that
+    # CPU's line ("(1) Caught VMEXIT breakpoint"), and Bochs may put a "bx_dbg_..."
+    # complaint between them (a CPU still in real mode at the BIOS's selector).
     rest = text[last.end():]
     cpus: Dict[int, Tuple[int, int, int, str]] = {}
     consumed = 0
-    for line_match in _CPU_LINE.finditer(rest):
-        between = rest[consumed:line_match.start()]
-        if between.strip():
-            break
-        cpus[int(line_match.group(1))] = (int(line_match.group(2), 16), int(line_match.group(3), 16),
-                                          int(line_match.group(4), 16), line_match.group(6).strip())
-        consumed = line_match.end()
+    position = 0
+    for line in rest.splitlines(True):
+        position += len(line)
+        stripped = line.strip()
+        line_match = _CPU_LINE.match(line.rstrip("\n"))
+        if line_match is not None:
+            cpus[int(line_match.group(1))] = (int(line_match.group(2), 16), int(line_match.group(3), 16),
+                                              int(line_match.group(4), 16), line_match.group(6).strip())
+            consumed = position
+            continue
+        inner = _INNER_HEADER.match(stripped)
+        if inner is not None:
+            if kind == "step":
+                cpu = int(inner.group(1))
+                kind, bp = _header_kind(inner.group(2), inner.group(3))
+                head_text = stripped
+            consumed = position
+            continue
+        if not stripped or stripped.startswith("bx_dbg_"):
+            continue
+        break
     report = StopReport(kind, cpu, int(last.group(1)), head_text, bp, cpus)
     return console, report, rest[consumed:].lstrip("\n")
 
