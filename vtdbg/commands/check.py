@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any, Dict, List, Optional, Tuple
 
-from vtdbg.commands.percpu import cpu_selection, vmcs_regions
+from vtdbg.commands.percpu import CpuOutcome, cpu_selection, run_per_cpu, vmcs_regions
 from vtdbg.commands.registry import Context, arguments, command
-from vtdbg.commands.result import Block, Heading, KeyValues, Result, Table, Text, hex_value
+from vtdbg.commands.result import Block, KeyValues, Result, Table, Text, hex_value
 from vtdbg.core.check.caps import Caps
 from vtdbg.core.check.checker import check_vmcs, environment_from_target
 from vtdbg.core.check.context import ENVIRONMENT_DEFAULTS, Environment
@@ -17,7 +17,7 @@ from vtdbg.core.check.rules import sdm_text
 from vtdbg.core.check.snapshot import load_snapshot
 from vtdbg.core.check.vmxon import summary, vmxon_readiness
 from vtdbg.core.vmcs import Vmcs, read_vmcs
-from vtdbg.lib.errors import UsageError, VtdbgError
+from vtdbg.lib.errors import UsageError
 from vtdbg.lib.numbers import parse_address, parse_int
 from vtdbg.target.base import Capability, Target, read_exact
 
@@ -54,6 +54,14 @@ def _parse_env(items: List[str], env: Environment) -> None:
         elif key in ("cpl", "vmxon_pa"):
             parsed = parse_int(parsed, key)
         env.set(key, parsed, "--env")
+
+
+def _environment(args: argparse.Namespace, env: Environment) -> Environment:
+    """``env`` with the command line's --env and --instruction applied (they override)."""
+    _parse_env(args.env, env)
+    if args.instruction:
+        env.set("instruction", args.instruction, "--instruction")
+    return env
 
 
 def _load_caps(args: argparse.Namespace, target: Optional[Target], cpu: Optional[int]) -> Caps:
@@ -150,10 +158,7 @@ def check_cmd(ctx: Context, args: argparse.Namespace) -> Result:
         if args.at is not None:
             raise UsageError("--snapshot and --at exclude each other")
         snap = load_snapshot(args.snapshot)
-        env = snap.environment
-        _parse_env(args.env, env)
-        if args.instruction:
-            env.set("instruction", args.instruction, "--instruction")
+        env = _environment(args, snap.environment)
         cpu = None if ctx.cpu is None or ctx.cpu.lower() == "all" else parse_int(ctx.cpu, "CPU number")
         caps = _load_caps(args, None, cpu)
         doc, blocks, warnings = _check_one(snap.vmcs, caps, snap.memory, env)
@@ -166,44 +171,21 @@ def check_cmd(ctx: Context, args: argparse.Namespace) -> Result:
             raise UsageError("--at names one region; drop --cpu all")
         pa = parse_address(args.at)
         vmcs = read_vmcs(target, pa, args.layout)
-        env = environment_from_target(target)
-        _parse_env(args.env, env)
-        if args.instruction:
-            env.set("instruction", args.instruction, "--instruction")
+        env = _environment(args, environment_from_target(target))
         cpu = None if ctx.cpu is None else parse_int(ctx.cpu, "CPU number")
         doc, blocks, warnings = _check_one(vmcs, _load_caps(args, target, cpu), memory, env)
         return Result(doc, blocks, warnings=warnings)
-    # the same VMCS-per-CPU choice as `vtdbg vmcs` (profile when symbols allow, else a scan)
+    # the same VMCS-per-CPU choice and per-CPU reporting as `vtdbg vmcs`
     found = vmcs_regions(ctx)
     cpus = cpu_selection(ctx, len(found))
-    several = ctx.cpu is not None and ctx.cpu.lower() == "all"
-    docs: List[Dict[str, Any]] = []
-    all_blocks: List[Block] = []
-    all_warnings: List[str] = []
-    failures = 0  # counted apart: every checker result has an "error" key of its own
-    for cpu in cpus:
-        try:
-            vmcs = read_vmcs(target, found[cpu], args.layout)
-            env = environment_from_target(target)
-            _parse_env(args.env, env)
-            if args.instruction:
-                env.set("instruction", args.instruction, "--instruction")
-            caps = _load_caps(args, target, cpu if target.cpu_count() > cpu else None)
-            doc, blocks, warnings = _check_one(vmcs, caps, memory, env)
-        except VtdbgError as exc:
-            if not several:
-                raise
-            failures += 1
-            docs.append({"cpu": cpu, "error": str(exc)})
-            all_blocks += [Heading("CPU %d" % cpu), Text("error: %s" % exc, style="warning")]
-            continue
-        doc["cpu"] = cpu
-        docs.append(doc)
-        all_blocks += [Heading("CPU %d (VMCS at %s)" % (cpu, hex_value(found[cpu])))] + blocks
-        all_warnings += warnings
-    if not several:
-        return Result(docs[0], all_blocks, warnings=all_warnings)
-    return Result(docs, all_blocks, warnings=all_warnings, exit_code=2 if failures == len(cpus) else 0)
+
+    def one(cpu: int) -> CpuOutcome:
+        vmcs = read_vmcs(target, found[cpu], args.layout)
+        env = _environment(args, environment_from_target(target))
+        caps = _load_caps(args, target, cpu if target.cpu_count() > cpu else None)
+        return _check_one(vmcs, caps, memory, env)
+
+    return run_per_cpu(ctx, cpus, one, title=lambda cpu: "CPU %d (VMCS at %s)" % (cpu, hex_value(found[cpu])))
 
 
 # -- vmxon-check ---------------------------------------------------------------------------------

@@ -43,6 +43,14 @@ class Context:
             self._target = self.opener(self.target_uri)
         return self._target
 
+    def use_file(self, path: Optional[str]) -> None:
+        """Make a command's FILE argument the target (sniffed like a bare path); giving both
+        FILE and --target/--image is a usage error."""
+        if path:
+            if self.has_target():
+                raise UsageError("give FILE or --target/--image, not both")
+            self.target_uri = path
+
     def has_target(self) -> bool:
         """True when a target was named or already open."""
         return self._target is not None or bool(self.target_uri)

@@ -139,10 +139,7 @@ def _scan_args(parser: argparse.ArgumentParser) -> None:
 @arguments(_scan_args)
 def scan_cmd(ctx: Context, args: argparse.Namespace) -> Result:
     """Scan the FILE (or the target) and report what was found."""
-    if args.file:
-        if ctx.has_target():
-            raise UsageError("give FILE or --target/--image, not both")
-        ctx.target_uri = args.file
+    ctx.use_file(args.file)
     target = ctx.target
     target.require(Capability.PHYS_READ, "`scan`")
     max_tables = parse_int(args.max_ept_tables, "table count")

@@ -9,7 +9,6 @@ from vtdbg.commands.result import Block, Cell, Heading, KeyValues, Link, Result,
 from vtdbg.commands.scan import progress_for, scan_blocks
 from vtdbg.core.scan import scan
 from vtdbg.core.triage import triage
-from vtdbg.lib.errors import UsageError
 from vtdbg.target.base import Capability
 
 
@@ -78,10 +77,7 @@ def _triage_args(parser: argparse.ArgumentParser) -> None:
 @arguments(_triage_args)
 def triage_cmd(ctx: Context, args: argparse.Namespace) -> Result:
     """Triage the FILE (or the target)."""
-    if args.file:
-        if ctx.has_target():
-            raise UsageError("give FILE or --target/--image, not both")
-        ctx.target_uri = args.file
+    ctx.use_file(args.file)
     target = ctx.target
     target.require(Capability.PHYS_READ, "`triage`")
     bar = progress_for()
